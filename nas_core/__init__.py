@@ -1,0 +1,3 @@
+"""nas_core: DARTS neural architecture search, from data to a tested model."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,188 @@
+"""Candidate operations of the DARTS search space, as one registry.
+
+Operation names are registry keys and the same strings appear in genotypes.  Every factory has
+the signature ``(channels, stride, affine) -> nn.Module`` and keeps the module layout of the
+original DARTS code, so that state-dict keys match (``op.1``, ``op.2`` ... inside
+``nn.Sequential``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OpFactory = Callable[[int, int, bool], nn.Module]
+
+_OPS: dict[str, OpFactory] = {}
+
+#: The eight DARTS primitives, in the original order (the column order of the alphas).
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+
+def register_op(name: str) -> Callable[[OpFactory], OpFactory]:
+    """Decorator that registers ``factory(channels, stride, affine)`` under ``name``."""
+
+    def wrap(factory: OpFactory) -> OpFactory:
+        if name in _OPS:
+            raise ValueError(f"operation {name!r} is already registered")
+        _OPS[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_ops() -> list[str]:
+    """Names of all registered operations, sorted."""
+    return sorted(_OPS)
+
+
+def has_op(name: str) -> bool:
+    return name in _OPS
+
+
+def create_op(name: str, channels: int, stride: int, affine: bool = True) -> nn.Module:
+    """Build the operation ``name`` on ``channels`` channels with the given stride."""
+    try:
+        factory = _OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown operation {name!r}; known: {', '.join(list_ops())}") from None
+    if stride not in (1, 2):
+        raise ValueError(f"operation {name!r}: stride must be 1 or 2, got {stride}")
+    return factory(channels, stride, affine)
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> Conv -> BatchNorm, stored as ``op.{0,1,2}``."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
+                 affine: bool = True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    """ReLU -> dilated depthwise conv -> pointwise conv -> BatchNorm (``op.{0..3}``)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
+                 dilation: int, affine: bool = True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
+                      groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    """Two stacked (ReLU, depthwise, pointwise, BatchNorm) blocks (``op.{0..7}``)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
+                 affine: bool = True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, groups=c_in,
+                      bias=False),
+            nn.Conv2d(c_in, c_in, 1, bias=False),
+            nn.BatchNorm2d(c_in, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel, stride=1, padding=padding, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Zero(nn.Module):
+    """The ``none`` operation: zeros of the output shape."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution with two offset 1x1 stride-2 convolutions (``conv_1``, ``conv_2``, ``bn``)."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True):
+        super().__init__()
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {c_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+
+class MaxPool2x2(nn.Module):
+    """2x2 max pooling that keeps the size at stride 1 (pads right/bottom) and halves it at stride 2."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x = F.pad(x, (0, 1, 0, 1), value=float("-inf"))
+        return F.max_pool2d(x, 2, self.stride)
+
+
+register_op("none")(lambda c, stride, affine: Zero(stride))
+register_op("avg_pool_3x3")(
+    lambda c, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False))
+register_op("max_pool_3x3")(lambda c, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1))
+register_op("max_pool_2x2")(lambda c, stride, affine: MaxPool2x2(stride))
+register_op("skip_connect")(
+    lambda c, stride, affine: Identity() if stride == 1 else FactorizedReduce(c, c, affine))
+register_op("sep_conv_3x3")(lambda c, stride, affine: SepConv(c, c, 3, stride, 1, affine))
+register_op("sep_conv_5x5")(lambda c, stride, affine: SepConv(c, c, 5, stride, 2, affine))
+register_op("sep_conv_7x7")(lambda c, stride, affine: SepConv(c, c, 7, stride, 3, affine))
+register_op("dil_conv_3x3")(lambda c, stride, affine: DilConv(c, c, 3, stride, 2, 2, affine))
+register_op("dil_conv_5x5")(lambda c, stride, affine: DilConv(c, c, 5, stride, 4, 2, affine))
+register_op("conv_7x1_1x7")(
+    lambda c, stride, affine: nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(c, c, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+        nn.Conv2d(c, c, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+        nn.BatchNorm2d(c, affine=affine),
+    ))
