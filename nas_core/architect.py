@@ -1,0 +1,166 @@
+"""The DARTS bilevel architecture step (first and second order) and one full search step.
+
+Second order (Liu et al. 2019, eq. 7-8): with the virtual step
+``w' = w - lr * (momentum * buf + grad_w L_train(w) + wd * w)`` (the weight optimizer's momentum
+buffer and weight decay), the alpha gradient is
+``grad_a L_val(w', a) - lr * (grad_a L_train(w+) - grad_a L_train(w-)) / (2 * eps)`` with
+``w+- = w +- eps * grad_w' L_val(w', a)`` and ``eps = 0.01 / ||grad_w' L_val||``.  The weights
+are restored exactly (copied back from a backup).
+
+BatchNorm running statistics: the first-order step runs one train-mode forward on the validation
+batch, which updates them exactly as the original does.  The second-order step runs four
+train-mode forwards, three of them at perturbed weights (the original updates the real model's
+statistics three times); here every BatchNorm buffer is saved before and restored after, so the
+second-order arch step leaves the running statistics untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+__all__ = ["Architect", "search_step", "frozen_batchnorm_stats"]
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Restore every BatchNorm running statistic (mean, var, num_batches_tracked) on exit."""
+    saved = [(buf, buf.detach().clone())
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             for buf in m.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+
+
+def _grad(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``loss`` w.r.t. ``inputs``; zeros for inputs that do not affect it."""
+    return torch.autograd.grad(loss, list(inputs), allow_unused=True, materialize_grads=True)
+
+
+class Architect:
+    """Updates the architecture parameters of ``model`` with Adam (``.arch_optimizer``).
+
+    ``loss_fn(model(x), y)`` must return a scalar.  ``w_optimizer`` is the weight optimizer (SGD):
+    the second-order step reads its momentum buffers and each parameter group's ``momentum`` and
+    ``weight_decay`` (missing keys count as 0).  After ``step`` the alpha gradients stay in
+    ``.grad`` of ``model.arch_parameters()``.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, w_optimizer: torch.optim.Optimizer,
+                 order: int = 1, arch_lr: float = 3e-4,
+                 arch_betas: tuple[float, float] = (0.5, 0.999),
+                 arch_weight_decay: float = 1e-3):
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order!r}")
+        if not arch_lr > 0:
+            raise ValueError(f"arch_lr must be positive, got {arch_lr!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.w_optimizer = w_optimizer
+        self.order = order
+        self.arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr,
+                                               betas=arch_betas, weight_decay=arch_weight_decay)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model(x), y)
+
+    def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+             y_val: torch.Tensor, lr: float) -> torch.Tensor:
+        """One alpha update; ``lr`` is the weight learning rate of this step (second order).
+
+        Returns the (detached) validation loss: at ``w`` (first order) or at ``w'`` (second).
+        """
+        alphas = list(self.model.arch_parameters())
+        if self.order == 1:
+            val_loss = self.loss(x_val, y_val)
+            grads = _grad(val_loss, alphas)
+        else:
+            with frozen_batchnorm_stats(self.model):
+                val_loss, grads = self._unrolled_grads(x_train, y_train, x_val, y_val, lr)
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        self.arch_optimizer.step()
+        return val_loss.detach()
+
+    def _weights(self) -> list[nn.Parameter]:
+        return [p for p in self.model.weight_parameters() if p.requires_grad]
+
+    def _hyper(self, weights: Sequence[nn.Parameter]) -> list[tuple[float, float]]:
+        """(momentum, weight_decay) of each weight, from its group in the weight optimizer."""
+        group_of = {id(p): g for g in self.w_optimizer.param_groups for p in g["params"]}
+        out = []
+        for p in weights:
+            g = group_of.get(id(p), {})
+            out.append((float(g.get("momentum", 0.0)), float(g.get("weight_decay", 0.0))))
+        return out
+
+    def _unrolled_grads(self, x_train: torch.Tensor, y_train: torch.Tensor,
+                        x_val: torch.Tensor, y_val: torch.Tensor,
+                        lr: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        weights = self._weights()
+        alphas = list(self.model.arch_parameters())
+        backup = [w.detach().clone() for w in weights]
+        try:
+            # virtual step w' = w - lr * (momentum * buf + g + wd * w)
+            grads = _grad(self.loss(x_train, y_train), weights)
+            with torch.no_grad():
+                for w, g, (momentum, wd) in zip(weights, grads, self._hyper(weights)):
+                    step = g + wd * w
+                    buf = self.w_optimizer.state.get(w, {}).get("momentum_buffer")
+                    if buf is not None:
+                        step = step + momentum * buf
+                    w.sub_(lr * step)
+            del grads
+            val_loss = self.loss(x_val, y_val)
+            g_all = _grad(val_loss, alphas + weights)
+            d_alpha, v = g_all[:len(alphas)], g_all[len(alphas):]
+            # finite-difference Hessian-vector product around the original weights
+            eps = 0.01 / torch.linalg.vector_norm(torch.cat([g.flatten() for g in v]))
+            with torch.no_grad():
+                for w, b, g in zip(weights, backup, v):
+                    w.copy_(b + eps * g)
+            g_pos = _grad(self.loss(x_train, y_train), alphas)
+            with torch.no_grad():
+                for w, b, g in zip(weights, backup, v):
+                    w.copy_(b - eps * g)
+            g_neg = _grad(self.loss(x_train, y_train), alphas)
+        finally:
+            with torch.no_grad():
+                for w, b in zip(weights, backup):
+                    w.copy_(b)
+        result = [da - lr * (gp - gn) / (2 * eps) for da, gp, gn in zip(d_alpha, g_pos, g_neg)]
+        return val_loss, result
+
+
+def search_step(model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
+                batch_train: tuple[torch.Tensor, torch.Tensor],
+                batch_val: tuple[torch.Tensor, torch.Tensor], lr: float,
+                grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arch step on ``batch_val``, then a weight step on ``batch_train``.
+
+    Weight gradients are clipped to norm ``grad_clip`` (weights only; None or <= 0: no clipping);
+    ``lr`` should be ``w_optimizer``'s current learning rate.  Returns the detached train loss
+    and logits.
+    """
+    x_train, y_train = batch_train
+    x_val, y_val = batch_val
+    architect.step(x_train, y_train, x_val, y_val, lr)
+    weights = [p for p in model.weight_parameters() if p.requires_grad]
+    w_optimizer.zero_grad(set_to_none=True)
+    logits = model(x_train)
+    loss = architect.loss_fn(logits, y_train)
+    loss.backward(inputs=weights)
+    if grad_clip is not None and grad_clip > 0:
+        nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_optimizer.step()
+    return loss.detach(), logits.detach()

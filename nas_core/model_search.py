@@ -1,0 +1,282 @@
+"""The DARTS search network (supernet), with the original module tree and an optional PC-DARTS mode.
+
+Module layout (equal to the original ``model_search.Network`` state dict, key for key):
+``stem.{0,1}``, ``cells.{i}.preprocess0/1``, ``cells.{i}._ops.{edge}._ops.{primitive}``
+(pooling ops are ``nn.Sequential(pool, BatchNorm2d(affine=False))``), ``global_pooling``,
+``classifier``.  The architecture parameters ``alphas_normal`` / ``alphas_reduce`` (and in
+partial-channel mode ``betas_normal`` / ``betas_reduce``) are extra keys; being parameters of
+the root module they come first in ``state_dict()``.
+
+Math of one edge (``partial_channels == 1``): ``sum_k softmax(alpha)_k * op_k(x)``; the ``none``
+operation contributes exactly zero and is skipped (its alpha still gets the correct gradient
+through the softmax).  Node ``i`` sums its incoming edges; the cell concatenates the last
+``multiplier`` nodes.
+
+Partial-channel mode (PC-DARTS, Xu et al. 2020), ``partial_channels = K > 1``: each mixed op
+works on the first ``C/K`` channels; the other channels bypass it (2x2 max-pooled on stride-2
+edges), the two parts are concatenated and channel-shuffled with ``K`` groups, and each edge
+output is scaled by its edge-normalisation weight: softmax of ``betas`` over the edges entering
+the same node.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nas_core.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, create_op
+
+__all__ = ["SearchNetwork", "SearchCell", "MixedOp", "pad_to_multiple", "channel_shuffle",
+           "num_edges"]
+
+
+def num_edges(steps: int) -> int:
+    """Number of mixed-op edges in a cell with ``steps`` intermediate nodes."""
+    return sum(2 + i for i in range(steps))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the last two dims of ``x`` (N, C, H, W) up to multiples of ``multiple``.
+
+    The padding is split evenly, the odd pixel going to the bottom / right (30x80 -> 32x80 puts
+    one zero row on top and one at the bottom).  Returns ``x`` itself when nothing is needed.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """PC-DARTS channel shuffle: view channels as (groups, C/groups), transpose, flatten."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _edge_softmax(betas: torch.Tensor, steps: int) -> torch.Tensor:
+    """Softmax of ``betas`` over the edges that enter the same node (PC-DARTS edge normalisation)."""
+    parts, start = [], 0
+    for i in range(steps):
+        parts.append(F.softmax(betas[start:start + 2 + i], dim=-1))
+        start += 2 + i
+    return torch.cat(parts)
+
+
+class MixedOp(nn.Module):
+    """All candidate operations of one edge; ``_ops.{k}`` follows the ``primitives`` order."""
+
+    def __init__(self, channels: int, stride: int, primitives: Sequence[str],
+                 partial_channels: int = 1):
+        super().__init__()
+        self.stride = stride
+        self.partial_channels = partial_channels
+        c = channels // partial_channels
+        self._ops = nn.ModuleList()
+        for name in primitives:
+            op = create_op(name, c, stride, affine=False)
+            if "pool" in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
+            self._ops.append(op)
+        # `none` is an exact zero: it is never evaluated (same math, less work).
+        self._active = [k for k, name in enumerate(primitives) if name != "none"]
+        self._zero_index = next((k for k, name in enumerate(primitives) if name == "none"), None)
+
+    def _mix(self, x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not self._active:  # only `none`: keep the graph and the output shape
+            return weights[self._zero_index] * self._ops[self._zero_index](x)
+        out: torch.Tensor | None = None
+        for k in self._active:
+            y = weights[k] * self._ops[k](x)
+            out = y if out is None else out + y
+        return out
+
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``weights``: the softmaxed alphas of this edge (one per primitive)."""
+        k = self.partial_channels
+        if k == 1:
+            return self._mix(x, weights)
+        c = x.shape[1] // k
+        mixed = self._mix(x[:, :c], weights)
+        rest = x[:, c:]
+        if self.stride == 2:
+            rest = F.max_pool2d(rest, 2, 2)
+        return channel_shuffle(torch.cat([mixed, rest], dim=1), k)
+
+
+class SearchCell(nn.Module):
+    """A normal or reduction cell of the supernet (original ``model_search.Cell``)."""
+
+    def __init__(self, steps: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
+                 reduction: bool, reduction_prev: bool, primitives: Sequence[str],
+                 partial_channels: int = 1):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(c_prev_prev, c, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
+        self._ops = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self._ops.append(MixedOp(c, stride, primitives, partial_channels))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: edges x ops (softmaxed); ``edge_weights``: one per edge (PC-DARTS) or None."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        rows = weights.unbind(0)
+        edge = edge_weights.unbind(0) if edge_weights is not None else None
+        offset = 0
+        for _ in range(self.steps):
+            s: torch.Tensor | None = None
+            for j, h in enumerate(states):
+                y = self._ops[offset + j](h, rows[offset + j].unbind(0))
+                if edge is not None:
+                    y = edge[offset + j] * y
+                s = y if s is None else s + y
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """The DARTS supernet: stem, ``layers`` cells (reductions at layers//3 and 2*layers//3), head.
+
+    ``num_outputs`` is the number of classes, or 1 for regression.  ``partial_channels=K > 1``
+    switches on PC-DARTS (``channels`` must be divisible by K).
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_outputs: int, layers: int,
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3,
+                 primitives: Iterable[str] = PRIMITIVES, partial_channels: int = 1):
+        super().__init__()
+        primitives = tuple(primitives)
+        for name, value in (("in_channels", in_channels), ("channels", channels),
+                            ("num_outputs", num_outputs), ("layers", layers), ("steps", steps),
+                            ("stem_multiplier", stem_multiplier),
+                            ("partial_channels", partial_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 1 <= multiplier <= steps:
+            raise ValueError(f"multiplier must be in 1..{steps} (steps), got {multiplier!r}")
+        if not primitives:
+            raise ValueError("primitives must not be empty")
+        if len(set(primitives)) != len(primitives):
+            raise ValueError(f"primitives contain duplicates: {primitives!r}")
+        if channels % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must divide "
+                             f"channels={channels}")
+        self.in_channels = in_channels
+        self.channels = channels
+        self.num_outputs = num_outputs
+        self.layers = layers
+        self.steps = steps
+        self.multiplier = multiplier
+        self.primitives = primitives
+        self.partial_channels = partial_channels
+        self.reduction_layers = tuple(sorted({layers // 3, 2 * layers // 3}))
+        #: H and W are zero-padded to multiples of this (2 ** number of reduction cells).
+        self.size_multiple = 2 ** len(self.reduction_layers)
+
+        c_curr = stem_multiplier * channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_curr),
+        )
+        c_pp, c_p, c_curr = c_curr, c_curr, channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in self.reduction_layers
+            if reduction:
+                c_curr *= 2
+            self.cells.append(SearchCell(steps, multiplier, c_pp, c_p, c_curr, reduction,
+                                         reduction_prev, primitives, partial_channels))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, multiplier * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_outputs)
+
+        n_edges, n_ops = num_edges(steps), len(primitives)
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
+        if partial_channels > 1:
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(n_edges))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(n_edges))
+        else:
+            self.betas_normal = None
+            self.betas_reduce = None
+
+    # -- parameters ------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Alphas (normal, reduce), then in PC-DARTS mode the betas (normal, reduce)."""
+        params = [self.alphas_normal, self.alphas_reduce]
+        if self.betas_normal is not None:
+            params += [self.betas_normal, self.betas_reduce]
+        return params
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not an architecture parameter, in ``parameters()`` order."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # -- architecture weights --------------------------------------------------------------
+    def _mixing_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1)
+
+    def _edge_mixing_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.betas_normal is None:
+            return None, None
+        return (_edge_softmax(self.betas_normal, self.steps),
+                _edge_softmax(self.betas_reduce, self.steps))
+
+    @torch.no_grad()
+    def arch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(alphas) per edge as detached float tensors (normal, reduce), edges x ops."""
+        wn, wr = self._mixing_weights()
+        return wn.detach().clone(), wr.detach().clone()
+
+    @torch.no_grad()
+    def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edge-normalisation weights (normal, reduce), detached; all ones without PC-DARTS."""
+        if self.betas_normal is None:
+            ones = torch.ones(num_edges(self.steps), device=self.alphas_normal.device)
+            return ones, ones.clone()
+        en, er = self._edge_mixing_weights()
+        return en.detach().clone(), er.detach().clone()
+
+    def genotype(self):
+        """The genotype by the original DARTS rule (PC-DARTS: on softmax(alphas) * edge weights)."""
+        from nas_core.genotypes import derive_genotype  # lazy: keeps this module importable alone
+
+        (wn, wr), (en, er) = self.arch_weights(), self.edge_weights()
+        return derive_genotype((wn * en[:, None]).cpu(), (wr * er[:, None]).cpu(),
+                               primitives=self.primitives, steps=self.steps,
+                               multiplier=self.multiplier)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: N x in_channels x H x W (zero-padded to ``size_multiple``) -> N x num_outputs."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input N x {self.in_channels} x H x W, got "
+                             f"{tuple(x.shape)}")
+        x = pad_to_multiple(x, self.size_multiple)
+        w_normal, w_reduce = self._mixing_weights()
+        e_normal, e_reduce = self._edge_mixing_weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
+        return self.classifier(self.global_pooling(s1).flatten(1))

@@ -1,0 +1,86 @@
+"""The operation registry: every op x stride, registration rules, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nas_core import ops
+from nas_core.ops import PRIMITIVES, create_op, has_op, list_ops, register_op
+
+C, H, W = 4, 8, 8
+
+
+def test_primitives_are_the_original_eight_in_order() -> None:
+    assert PRIMITIVES == ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                          "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+    assert all(has_op(p) for p in PRIMITIVES)
+    assert list_ops() == sorted(list_ops())
+    # the extra ops of the published NASNet / AmoebaNet genotypes
+    for name in ("sep_conv_7x7", "conv_7x1_1x7", "max_pool_2x2"):
+        assert has_op(name)
+    assert not has_op("sep_conv_9x9")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", list_ops())
+def test_op_shape_and_gradients(name: str, stride: int) -> None:
+    torch.manual_seed(0)
+    op = create_op(name, C, stride, affine=True)
+    x = torch.randn(2, C, H, W, requires_grad=True)
+    out = op(x)
+    assert out.shape == (2, C, H // stride, W // stride)
+    # a random projection: BatchNorm makes out.sum() constant in x
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None
+    if name == "none":
+        assert torch.count_nonzero(x.grad) == 0
+    else:
+        assert torch.count_nonzero(x.grad) > 0
+    params = list(op.parameters())
+    if name in ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7", "dil_conv_3x3",
+                "dil_conv_5x5", "conv_7x1_1x7") or (name == "skip_connect" and stride == 2):
+        assert params
+    for p in params:
+        assert p.grad is not None and torch.count_nonzero(p.grad) > 0
+
+
+def test_affine_false_has_no_batchnorm_parameters() -> None:
+    op = create_op("sep_conv_3x3", C, 1, affine=False)
+    bns = [m for m in op.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 2 and all(bn.weight is None for bn in bns)
+    # original layout: op.{1,2,3,5,6,7} carry state
+    assert sorted({k.split(".")[1] for k in op.state_dict()}) == ["1", "2", "3", "5", "6", "7"]
+
+
+def test_duplicate_registration_refused() -> None:
+    before = dict(ops._OPS)
+    with pytest.raises(ValueError, match="'sep_conv_3x3' is already registered"):
+        register_op("sep_conv_3x3")(lambda c, stride, affine: nn.Identity())
+    assert ops._OPS == before
+
+
+def test_new_op_registration_round_trip() -> None:
+    name = "test_only_identity_op"
+    try:
+        register_op(name)(lambda c, stride, affine: nn.AvgPool2d(1, stride))
+        assert has_op(name) and name in list_ops()
+        assert create_op(name, C, 2)(torch.randn(1, C, H, W)).shape == (1, C, H // 2, W // 2)
+    finally:
+        ops._OPS.pop(name, None)
+
+
+def test_unknown_op_error_names_it() -> None:
+    with pytest.raises(KeyError, match="sep_conv_9x9"):
+        create_op("sep_conv_9x9", C, 1)
+
+
+def test_bad_stride_error_names_it() -> None:
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        create_op("sep_conv_3x3", C, 3)
+
+
+def test_factorized_reduce_needs_even_channels() -> None:
+    with pytest.raises(ValueError, match="got 3"):
+        create_op("skip_connect", 3, 2)
