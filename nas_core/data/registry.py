@@ -1,0 +1,114 @@
+"""The dataset registry and the three entry points ``load_data``, ``download_data`` and
+``dataset_files``.
+
+A dataset registers a loader ``(opts, folder) -> DataBundle``, an optional downloader
+``(opts, folder) -> list[Path]``, a function listing its files, and its config keys with
+defaults (``REQUIRED`` for keys without one).  ``cfg`` is the dataset's ``data:`` block;
+``folder`` is ``root/{name}/``, so two datasets never share files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .base import DataBundle, DataError
+
+REQUIRED = object()
+
+Loader = Callable[[dict, Path], DataBundle]
+Downloader = Callable[[dict, Path], "list[Path]"]
+FileLister = Callable[[dict, Path], "list[Path]"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    loader: Loader
+    options: dict[str, Any]
+    downloader: Downloader | None = None
+    files: FileLister | None = None
+
+
+_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(
+    name: str,
+    *,
+    options: dict[str, Any],
+    downloader: Downloader | None = None,
+    files: FileLister | None = None,
+) -> Callable[[Loader], Loader]:
+    """Decorator registering a loader under ``name`` with its config keys and defaults."""
+
+    def wrap(loader: Loader) -> Loader:
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _DATASETS[name] = DatasetSpec(name, loader, dict(options), downloader, files)
+        return loader
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_DATASETS)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The spec of ``name``; DataError listing the known names otherwise."""
+    try:
+        return _DATASETS[name]
+    except (KeyError, TypeError):
+        raise DataError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}"
+        ) from None
+
+
+def resolve_options(cfg: dict) -> tuple[DatasetSpec, dict]:
+    """Check ``cfg`` against the dataset's keys; return the spec and the options with defaults."""
+    if not isinstance(cfg, dict) or "name" not in cfg:
+        raise DataError(f"data config must be a mapping with a 'name' key, got {cfg!r}")
+    spec = get_dataset(cfg["name"])
+    unknown = sorted(set(cfg) - set(spec.options) - {"name"})
+    if unknown:
+        raise DataError(
+            f"{spec.name}: unknown config key(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(spec.options)) or '(none)'}"
+        )
+    opts = {k: cfg.get(k, v) for k, v in spec.options.items()}
+    missing = sorted(k for k, v in opts.items() if v is REQUIRED)
+    if missing:
+        raise DataError(
+            f"{spec.name}: missing required config key(s) {', '.join(map(repr, missing))}"
+        )
+    opts["name"] = spec.name
+    return spec, opts
+
+
+def load_data(cfg: dict, root: str | Path = "resources") -> DataBundle:
+    """Load the dataset described by ``cfg`` (a ``data:`` block) from ``root/{name}/``."""
+    spec, opts = resolve_options(cfg)
+    return spec.loader(opts, Path(root) / spec.name)
+
+
+def download_data(cfg: dict, root: str | Path = "resources") -> list[Path]:
+    """Fetch the dataset's files into ``root/{name}/`` (nothing for ``digits``); returns them.
+
+    Files already present and verified are not fetched again.
+    """
+    spec, opts = resolve_options(cfg)
+    folder = Path(root) / spec.name
+    if spec.downloader is None:
+        return dataset_files(cfg, root)
+    return spec.downloader(opts, folder)
+
+
+def dataset_files(cfg: dict, root: str | Path = "resources") -> list[Path]:
+    """The files ``load_data`` reads for ``cfg`` (the download stage's outputs); [] for digits."""
+    spec, opts = resolve_options(cfg)
+    if spec.files is None:
+        return []
+    return spec.files(opts, Path(root) / spec.name)
