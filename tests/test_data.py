@@ -213,8 +213,8 @@ def test_cifar10(tmp_path):
     assert b.train_eval[4][1] == entry["labels"][1]
     assert len(b.source["files"]) == 6
 
-    cut = load_data({"name": "cifar-10", "cutout": 16}, tmp_path)
-    assert isinstance(cut.train.transform.transforms[-1], Cutout)
+    # cutout is the train stage's option (train.cutout), not the data layer's
+    one_line_error(lambda: load_data({"name": "cifar-10", "cutout": 16}, tmp_path), "cutout")
     plain = load_data({"name": "cifar-10", "augment": False}, tmp_path)
     assert plain.train.transform.transforms[0].__class__ is T.Normalize
 

@@ -190,7 +190,7 @@ def _download_cifar(opts: dict, folder: Path) -> list[Path]:
 
 @register_dataset(
     "cifar-10",
-    options={"augment": True, "cutout": 0},
+    options={"augment": True},
     downloader=_download_cifar,
     files=_cifar_files,
 )
@@ -204,17 +204,14 @@ def _load_cifar(opts: dict, folder: Path) -> DataBundle:
         False: (torch.from_numpy(test[0]), torch.from_numpy(test[1])),
     }
     check_nonempty("cifar-10", train=len(parts[True][1]), test=len(parts[False][1]))
-    cutout = int(opts["cutout"])
-    if cutout < 0:
-        raise DataError(f"cifar-10: cutout must be >= 0, got {cutout}")
     mean, std = STATS["cifar-10"]
     augment = bool(opts["augment"])
     train_tf = build_transform((32, 32), mean, std, crop_padding=4 if augment else 0,
-                               hflip=augment, cutout=cutout)
+                               hflip=augment)
     bundle = _bundle("cifar-10", parts, (32, 32), mean, std, train_tf=train_tf,
                      files=files, root=folder.parent)
-    bundle.source["augment"] = {"crop_padding": 4 if augment else 0, "hflip": augment,
-                                "cutout": cutout}
+    # Cutout is a training-stage option (train.cutout), applied once by the train stage.
+    bundle.source["augment"] = {"crop_padding": 4 if augment else 0, "hflip": augment}
     return bundle
 
 
