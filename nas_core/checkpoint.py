@@ -1,0 +1,263 @@
+"""Atomic file writes and resumable checkpoints.
+
+Every file a stage writes goes through :func:`atomic_write_bytes`: the bytes go to a temporary
+file in the destination folder, which is flushed and fsynced, renamed over the destination with
+``os.replace`` and the folder fsynced; a reader (or a restarted job) sees the old file or the new
+one, never a torn one.
+
+Checkpoints are ``torch.save`` dicts that load with ``torch.load(weights_only=True)``: they hold
+only tensors, (ordered) dicts, lists, tuples, strings, numbers, booleans and None.  RNG states
+are stored as tensors and plain types (:func:`get_rng_state` / :func:`set_rng_state`).  Every
+checkpoint carries a ``fingerprint`` (:func:`fingerprint`); :func:`load_checkpoint` returns None
+for a missing file or another fingerprint, and moves an unreadable file aside to
+``<name>.corrupt`` (logged) instead of deleting it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "torch_save_bytes",
+    "dumps_json",
+    "sha256_file",
+    "fingerprint",
+    "get_rng_state",
+    "set_rng_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CHECKPOINT_FORMAT",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version of the checkpoint layout; a checkpoint of another format is ignored like a stale one.
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read (it has been moved aside)."""
+
+
+# -- atomic writes ----------------------------------------------------------------------------
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename,
+    fsync of the folder).  Creates the folder.  Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of UTF-8 text (no newline translation)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-able copy: numpy / torch scalars and arrays to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _plain(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _format(obj: Any, level: int) -> str:
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {_format(v, level + 1)}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list):
+        if all(not isinstance(v, (dict, list)) for v in obj):  # scalars: one line
+            return json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
+        return "[\n" + ",\n".join(inner + _format(v, level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj, allow_nan=False, ensure_ascii=False)
+
+
+def dumps_json(obj: Any) -> str:
+    """The project's JSON text: plain types, 2-space indent with lists of scalars on one line,
+    key order kept, NaN/inf as null, one trailing newline.  Deterministic for equal inputs."""
+    return _format(_plain(obj), 0) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write :func:`dumps_json` of ``obj`` atomically."""
+    return atomic_write_text(path, dumps_json(obj))
+
+
+def torch_save_bytes(obj: Any) -> bytes:
+    """``torch.save`` into memory.  The bytes depend only on ``obj`` (saving straight to a
+    temporary file would embed its random name in the zip archive)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, byte-reproducibly."""
+    return atomic_write_bytes(path, torch_save_bytes(obj))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, compact separators)."""
+    text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- RNG states as weights_only-loadable values ------------------------------------------------
+def get_rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and Python RNG states, as tensors/plain types."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [int(py_state[0]), list(py_state[1]), py_state[2]],
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        n_dev = torch.cuda.device_count()
+        if len(cuda) == n_dev:
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # another device count: restore what matches
+            for i, s in enumerate(cuda[:n_dev]):
+                torch.cuda.set_rng_state(s, i)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], fingerprint: str) -> Path:
+    """Write ``state`` (a dict of tensors / plain values) with its fingerprint, atomically."""
+    payload = dict(state)
+    payload["format"] = CHECKPOINT_FORMAT
+    payload["fingerprint"] = fingerprint
+    return atomic_torch_save(payload, path)
+
+
+def _move_aside(path: Path, reason: str) -> Path:
+    target = path.with_name(path.name + ".corrupt")
+    os.replace(path, target)
+    _fsync_dir(path.parent)
+    log.warning("checkpoint %s cannot be read (%s); moved aside to %s", path, reason, target)
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike, fingerprint: str, *,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it exists, can be read and has ``fingerprint``; else None.
+
+    An unreadable file (truncated, not a torch file, not weights-only) is moved aside to
+    ``<name>.corrupt`` with a warning.  A checkpoint with another fingerprint (or format) is
+    left in place and logged as ignored; the stage will overwrite it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or "fingerprint" not in state:
+            raise CheckpointError("not a nas_core checkpoint")
+    except Exception as exc:  # noqa: BLE001 - any failure to read means "unreadable"
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        _move_aside(path, f"{type(exc).__name__}: {reason}")
+        return None
+    if state.get("format") != CHECKPOINT_FORMAT or state["fingerprint"] != fingerprint:
+        log.warning("ignoring checkpoint %s (configuration changed: fingerprint %s, expected "
+                    "%s); starting fresh", path, str(state.get("fingerprint"))[:12],
+                    fingerprint[:12])
+        return None
+    return state

@@ -1,0 +1,275 @@
+"""Command line: ``python -m nas_core {download,search,genotype,train,test}``.
+
+The options mirror the workflow's config (config/config.yaml): ``--config FILE --dataset NAME``
+takes the dataset's block (``datasets: {NAME: {data:, search:, train:, test:}}``) over the
+file's top-level shared ``search:`` / ``train:`` / ``test:`` blocks and the built-in defaults
+(``nas_core.config``); ``--set STAGE.KEY=VALUE`` overrides single keys (values are YAML:
+``3``, ``0.1``, ``true``, ``null``).  Paths default to the workflow's layout under
+``results/NAME/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from nas_core import __version__
+from nas_core.config import STAGES, ConfigError, describe, merge
+
+COMMANDS = ("download", "search", "genotype", "train", "test")
+
+
+class CliError(ValueError):
+    """A bad command line or config file (one line)."""
+
+
+# -- config assembly ----------------------------------------------------------------------------
+def _load_yaml(path: str | None) -> dict:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise CliError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise CliError(f"config file {path}: not valid YAML: {first}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise CliError(f"config file {path}: top level must be a mapping")
+    return doc
+
+
+def _parse_set(items: Sequence[str], default_stage: str | None) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise CliError(f"--set {item!r}: expected KEY=VALUE (e.g. search.epochs=3)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if "." in key:
+            block, name = key.split(".", 1)
+        elif default_stage is not None:
+            block, name = default_stage, key
+        else:
+            raise CliError(f"--set {item!r}: give the block, e.g. data.{key}=...")
+        if block not in ("data",) + STAGES or not name:
+            raise CliError(f"--set {item!r}: the key must start with data., search., train. "
+                           f"or test.")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        out.setdefault(block, {})[name] = value
+    return out
+
+
+def resolve_config(config: str | None, dataset: str | None, sets: Sequence[str],
+                   default_stage: str | None = None) -> tuple[str, dict[str, dict]]:
+    """``(dataset name, {"data": ..., "search": ..., "train": ..., "test": ...})`` from a config
+    file in the workflow's format, a dataset name and ``--set`` overrides (not yet validated:
+    the stage validates its block)."""
+    doc = _load_yaml(config)
+    datasets = doc.get("datasets") or {}
+    if not isinstance(datasets, dict):
+        raise CliError(f"config file {config}: 'datasets' must be a mapping")
+    overrides = _parse_set(sets, default_stage)
+    if dataset is None:
+        data_name = (overrides.get("data") or {}).get("name")
+        if data_name is not None:
+            dataset = str(data_name)
+        elif len(datasets) == 1:
+            dataset = next(iter(datasets))
+        else:
+            known = ", ".join(datasets) if datasets else "none in the config"
+            raise CliError(f"choose a dataset with --dataset (known: {known})")
+    block = datasets.get(dataset) or {}
+    if not isinstance(block, dict):
+        raise CliError(f"config file {config}: datasets.{dataset} must be a mapping")
+    out: dict[str, dict] = {}
+    for name in ("data",) + STAGES:
+        shared = doc.get(name) if name != "data" else None
+        own = block.get(name)
+        for what, part in (("", shared), (f"datasets.{dataset}.", own)):
+            if part is not None and not isinstance(part, dict):
+                raise CliError(f"config file {config}: {what}{name} must be a mapping")
+        try:
+            out[name] = merge(shared, own, overrides.get(name))
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
+    out["data"].setdefault("name", dataset)
+    return dataset, out
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def _keys_epilog(stages: Sequence[str]) -> str:
+    lines = ["config keys (--set BLOCK.KEY=VALUE; default in brackets):"]
+    for stage in stages:
+        for key, default, text in describe(stage):
+            shown = json.dumps(default)
+            lines.append(f"  {stage}.{key} [{shown}]: {text}")
+    lines.append("  data.name [--dataset] and the dataset's own options: see nas_core.data")
+    return "\n".join(lines)
+
+
+def _common(p: argparse.ArgumentParser, stage: str | None) -> None:
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="YAML config in the workflow's format (default: none, built-in "
+                        "defaults only)")
+    p.add_argument("--dataset", metavar="NAME", default=None,
+                   help="dataset block of the config (default: the only one in the config, "
+                        "or data.name from --set)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="override one config key, e.g. search.epochs=3 or data.seed=1; a key "
+                        f"without a block means {stage + '.' if stage else 'data.'}KEY; "
+                        "repeatable (default: none)")
+    p.add_argument("--data-root", metavar="DIR", default="resources",
+                   help="folder of the datasets' files (default: resources)")
+    p.add_argument("--log", metavar="FILE", default=None,
+                   help="also write the log to FILE (default: stderr only)")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if available, "
+                        "else CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m nas_core", description=__doc__.split("\n\n")[0], formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"nas_core {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("download", help="fetch a dataset's files into --data-root",
+                       description="Fetch the dataset's files into DATA_ROOT/NAME/ (nothing "
+                                   "for digits).", formatter_class=fmt)
+    _common(p, None)
+
+    p = sub.add_parser("search", help="DARTS search: alphas.json, supernet.pt, history.json",
+                       description="Run or resume the DARTS search (checkpoints in "
+                                   "OUT/checkpoints/).", formatter_class=fmt,
+                       epilog=_keys_epilog(["search"]))
+    _common(p, "search")
+    _device(p)
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: results/NAME/search)")
+
+    p = sub.add_parser("genotype", help="genotype.json from alphas, a name or legacy text",
+                       description="Write genotype.json from SOURCE: the search's "
+                                   "alphas.json, a published genotype name (e.g. DARTS_V2), a "
+                                   "legacy train_search.py log.txt, or a text or JSON file "
+                                   "holding a genotype.", formatter_class=fmt)
+    p.add_argument("source", nargs="?", default=None,
+                   help="alphas.json, genotype name or file (default: "
+                        "results/NAME/search/alphas.json)")
+    p.add_argument("--dataset", metavar="NAME", default=None,
+                   help="dataset, for the default paths (default: none)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="output file (default: results/NAME/genotype.json, or genotype.json "
+                        "without --dataset)")
+    p.add_argument("--log", metavar="FILE", default=None,
+                   help="also write the log to FILE (default: stderr only)")
+
+    p = sub.add_parser("train", help="train the network of a genotype: model.pt, history.json",
+                       description="Run or resume full training (checkpoints in "
+                                   "OUT/checkpoints/).", formatter_class=fmt,
+                       epilog=_keys_epilog(["train"]))
+    _common(p, "train")
+    _device(p)
+    p.add_argument("--genotype", metavar="FILE", default=None,
+                   help="genotype.json (default: results/NAME/genotype.json)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: results/NAME/train)")
+
+    p = sub.add_parser("test", help="evaluate a model on the test split: test.json",
+                       description="Evaluate MODEL (built from GENOTYPE and the train "
+                                   "config's layers, init_channels, auxiliary) on the test "
+                                   "split.", formatter_class=fmt,
+                       epilog=_keys_epilog(["test", "train"]))
+    _common(p, "test")
+    _device(p)
+    p.add_argument("--genotype", metavar="FILE_OR_NAME", default=None,
+                   help="genotype.json or a published genotype name (default: "
+                        "results/NAME/genotype.json)")
+    p.add_argument("--model", metavar="FILE", default=None,
+                   help="model state dict (default: results/NAME/train/model.pt)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="output file (default: results/NAME/test.json)")
+    return parser
+
+
+# -- main -----------------------------------------------------------------------------------------
+def _run(args: argparse.Namespace) -> Any:
+    cmd = args.command
+    if cmd == "genotype":
+        from nas_core.stages import run_genotype
+
+        base = Path("results") / args.dataset if args.dataset else None
+        source = args.source or (str(base / "search" / "alphas.json") if base else None)
+        if source is None:
+            raise CliError("give SOURCE (alphas.json, a genotype name or file) or --dataset")
+        out = args.out or (base / "genotype.json" if base else Path("genotype.json"))
+        return {"genotype": run_genotype(source, out).to_dict(), "output": str(out)}
+
+    name, cfg = resolve_config(args.config, args.dataset, args.sets,
+                               None if cmd == "download" else cmd)
+    base = Path("results") / name
+    if cmd == "download":
+        from nas_core.data import download_data
+
+        return {"files": [str(p) for p in download_data(cfg["data"], args.data_root)]}
+    if cmd == "search":
+        from nas_core.stages import run_search
+
+        return run_search(cfg["data"], cfg["search"], args.out or base / "search",
+                          data_root=args.data_root, device=args.device)
+    if cmd == "train":
+        from nas_core.stages import run_train
+
+        return run_train(cfg["data"], cfg["train"], args.genotype or base / "genotype.json",
+                         args.out or base / "train", data_root=args.data_root,
+                         device=args.device)
+    if cmd == "test":
+        from nas_core.stages import run_test
+
+        return run_test(cfg["data"], cfg["train"], cfg["test"],
+                        args.genotype or base / "genotype.json",
+                        args.model or base / "train" / "model.pt",
+                        args.out or base / "test.json", data_root=args.data_root,
+                        device=args.device)
+    raise CliError(f"unknown command {cmd!r}")  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 error with a one-line message, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from nas_core.stages.common import StageError, setup_logging
+
+    remove_logging = setup_logging(args.log)
+    try:
+        result = _run(args)
+    except (ValueError, StageError, OSError) as exc:
+        if os.environ.get("NAS_CORE_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"python -m nas_core {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    finally:
+        remove_logging()
+    from nas_core.checkpoint import dumps_json
+
+    sys.stdout.write(dumps_json(result))
+    return 0

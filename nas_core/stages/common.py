@@ -1,0 +1,364 @@
+"""What the stages share: device / precision resolution, deterministic mode, logging and
+progress, seeded data order and augmentation, running metrics, the test-only kill hook.
+
+Data order (see docs/architecture.md, "Resume and determinism"): every epoch's permutation of a
+part of the data is drawn from a ``torch.Generator`` seeded by ``derive_seed(seed, epoch, tag)``
+and cut into batches (:func:`epoch_batches`); a resumed epoch hands the DataLoader only the
+batches not done yet (a batch sampler over the remaining batches; nothing is read and thrown
+away).  Samples are addressed by ``(epoch, index)`` keys and :class:`SeededDataset` runs the
+underlying ``__getitem__`` under a torch RNG seeded by ``derive_seed(seed, epoch, index)``, so
+augmentation does not depend on ``num_workers`` or on where a run was resumed.  The DataLoader
+gets its own generator, so creating an iterator never draws from the global torch RNG (which
+drop-path uses and checkpoints restore).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = [
+    "StageError",
+    "resolve_device",
+    "resolve_amp",
+    "resolve_channels_last",
+    "autocast",
+    "determinism",
+    "seed_everything",
+    "setup_logging",
+    "progress",
+    "derive_seed",
+    "epoch_batches",
+    "SeededDataset",
+    "make_loader",
+    "Meter",
+    "maybe_kill",
+    "remove_files",
+    "KILL_ENV",
+]
+
+log = logging.getLogger("nas_core.stages")
+
+#: Test-only hook: ``NAS_CORE_TEST_KILL_AT_STEP=N`` makes a search/train process SIGKILL itself
+#: right after global optimisation step N (1-based, counted over all epochs: ``epoch *
+#: steps_per_epoch + step_in_epoch``), after the checkpoint that step may write.  Never set it
+#: outside tests.
+KILL_ENV = "NAS_CORE_TEST_KILL_AT_STEP"
+
+
+class StageError(RuntimeError):
+    """A stage cannot run on its inputs; the message is one line naming the fault."""
+
+
+# -- device and precision ---------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else CUDA (the first visible device) when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise StageError(f"bad device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise StageError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``"auto"`` -> bf16 on CUDA, None (off) elsewhere; ``"bf16"`` -> bf16."""
+    if amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def resolve_channels_last(value: str | bool, device: torch.device) -> bool:
+    """``"auto"`` -> on with CUDA, off on the CPU; booleans as given."""
+    if value == "auto":
+        return device.type == "cuda"
+    return bool(value)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype``, or a no-op context when None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic mode while the stage runs (restored afterwards).
+
+    ``enabled``: ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic
+    without benchmark, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (if not set).  Otherwise cuDNN
+    benchmark is switched on for CUDA.  CPU kernels are deterministic for a fixed thread count
+    either way.
+    """
+    prev = (torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        if enabled:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic = prev[2]
+        torch.backends.cudnn.benchmark = prev[3]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# -- logging and progress ---------------------------------------------------------------------
+_HANDLER_TAG = "_nas_core_handler"
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int | str = "INFO"):
+    """Send the ``nas_core`` loggers to stderr (and ``log_file`` if given), one line per record
+    with a timestamp.  Calling it again replaces the handlers it added before.  Returns a
+    function that removes them again."""
+    logger = logging.getLogger("nas_core")
+    logger.setLevel(level)
+    _remove_handlers(logger)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        setattr(h, _HANDLER_TAG, True)
+        logger.addHandler(h)
+    return lambda: _remove_handlers(logger)
+
+
+def _remove_handlers(logger: logging.Logger) -> None:
+    for h in list(logger.handlers):
+        if getattr(h, _HANDLER_TAG, False):
+            logger.removeHandler(h)
+            h.close()
+
+
+def progress(total: int, initial: int, desc: str):
+    """A tqdm bar on stderr with rate and ETA, redrawn at most every
+    ``NAS_CORE_PROGRESS_INTERVAL`` seconds (default 30; logs stay short).
+    ``NAS_CORE_PROGRESS=0`` switches it off."""
+    from tqdm import tqdm
+
+    interval = float(os.environ.get("NAS_CORE_PROGRESS_INTERVAL", "30"))
+    disable = os.environ.get("NAS_CORE_PROGRESS", "1") == "0"
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, mininterval=interval,
+                maxinterval=max(interval, 10.0), ascii=True, dynamic_ncols=False, ncols=100,
+                leave=False, disable=disable, unit="step")
+
+
+# -- seeded data order and augmentation -------------------------------------------------------
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from ``parts`` (sha256 of their text), stable across runs and platforms."""
+    text = ":".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") >> 1
+
+
+def epoch_batches(indices: Sequence[int], batch_size: int, seed: int, epoch: int, tag: str,
+                  shuffle: bool = True) -> list[list[tuple[int, int]]]:
+    """Batches of ``(epoch, index)`` keys: ``indices`` permuted by a generator seeded from
+    ``(seed, epoch, tag)`` (kept in order when not ``shuffle``), cut into ``batch_size`` chunks.
+    A last batch of one sample is dropped when shuffling (BatchNorm cannot train on it)."""
+    idx = list(indices)
+    if shuffle:
+        g = torch.Generator().manual_seed(derive_seed(seed, epoch, tag))
+        perm = torch.randperm(len(idx), generator=g).tolist()
+        idx = [idx[p] for p in perm]
+    batches = [[(epoch, i) for i in idx[k:k + batch_size]] for k in range(0, len(idx), batch_size)]
+    if shuffle and len(batches) > 1 and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that sample ``(epoch, index)`` is produced under a torch RNG seeded
+    by ``derive_seed(seed, "sample", epoch, index)`` (the global RNG is saved and restored).
+
+    ``cutout > 0`` applies DARTS cutout (``nas_core.data.transforms.Cutout``) after the
+    underlying dataset's transform, under the same seeded RNG.  Plain integer keys are
+    read without seeding.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, cutout: int = 0):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.cutout = None
+        if cutout > 0:
+            from nas_core.data.transforms import Cutout
+
+            self.cutout = Cutout(cutout)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.dataset[key]
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "sample", epoch, index))
+            x, y = self.dataset[index]
+            if self.cutout is not None:
+                x = self.cutout(x)
+        return x, y
+
+
+class _BatchList(Sampler):
+    def __init__(self, batches: Sequence[Sequence[Any]]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def make_loader(dataset: Dataset, batches: Sequence[Sequence[Any]], num_workers: int,
+                device: torch.device) -> DataLoader:
+    """A DataLoader yielding exactly ``batches`` (lists of dataset keys), in order."""
+    return DataLoader(dataset, batch_sampler=_BatchList(batches), num_workers=num_workers,
+                      pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(0),
+                      persistent_workers=False)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+class Meter:
+    """Running sums over an epoch, resumable (:meth:`state` / :meth:`load` are plain floats).
+
+    Classification: mean loss and top-1 (percent).  Regression: mean loss and R^2 over every
+    sample seen (``1 - SSE / SST`` with float64 sums), not an average over batches.
+    """
+
+    def __init__(self, task: str):
+        self.task = task
+        self.sums: dict[str, float] = {"n": 0.0, "loss": 0.0, "correct": 0.0, "sy": 0.0,
+                                       "syy": 0.0, "sse": 0.0}
+
+    def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
+        n = int(target.shape[0])
+        s = self.sums
+        s["n"] += n
+        s["loss"] += float(loss) * n
+        with torch.no_grad():
+            if self.task == "classification":
+                s["correct"] += float((output.argmax(dim=1) == target).sum())
+            else:
+                p = output.detach().reshape(-1).double()
+                y = target.detach().reshape(-1).double()
+                s["sy"] += float(y.sum())
+                s["syy"] += float((y * y).sum())
+                s["sse"] += float(((y - p) ** 2).sum())
+
+    def result(self) -> dict[str, float | None]:
+        s = self.sums
+        n = s["n"]
+        if n == 0:
+            return {"loss": None, ("top1" if self.task == "classification" else "r2"): None}
+        out: dict[str, float | None] = {"loss": s["loss"] / n}
+        if self.task == "classification":
+            out["top1"] = 100.0 * s["correct"] / n
+        else:
+            sst = s["syy"] - s["sy"] * s["sy"] / n
+            out["r2"] = 1.0 - s["sse"] / sst if sst > 0 else None
+        return out
+
+    def state(self) -> dict[str, float]:
+        return dict(self.sums)
+
+    def load(self, state: dict[str, float]) -> "Meter":
+        self.sums = {k: float(v) for k, v in state.items()}
+        return self
+
+
+def metric_name(task: str) -> str:
+    return "top1" if task == "classification" else "r2"
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
+
+
+# -- misc ---------------------------------------------------------------------------------------
+def kill_step() -> int | None:
+    """The global step of the test-only kill hook (None when unset)."""
+    value = os.environ.get(KILL_ENV)
+    return int(value) if value else None
+
+
+def maybe_kill(kill_at: int | None, global_step: int) -> None:
+    """Test-only: SIGKILL this process when ``global_step == kill_at``."""
+    if kill_at is not None and global_step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_files(paths: Sequence[Path]) -> None:
+    """Delete a stage's previous outputs, so that a failed run leaves none behind."""
+    for p in paths:
+        try:
+            Path(p).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class Timer:
+    """Wall-clock seconds for timings.json (never written into compared outputs)."""
+
+    def __init__(self, already: float = 0.0):
+        self.start = time.perf_counter()
+        self.already = already
+
+    def seconds(self) -> float:
+        return self.already + time.perf_counter() - self.start
+
+
+def state_dict_cpu(model: torch.nn.Module) -> dict:
+    """The model's state dict on the CPU, contiguous (canonical bytes), metadata kept."""
+    from collections import OrderedDict
+
+    sd = model.state_dict()
+    out = OrderedDict((k, v.detach().to("cpu", copy=True).contiguous()) for k, v in sd.items())
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = meta  # type: ignore[attr-defined]
+    return out
+
+
+def lr_of(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None

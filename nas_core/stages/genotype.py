@@ -1,0 +1,124 @@
+"""The genotype stage: ``genotype.json`` from the search's alphas, a published name, or legacy text."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from nas_core.checkpoint import atomic_write_text
+from nas_core.genotypes import (Genotype, GenotypeError, derive_genotype, get_genotype,
+                                parse_legacy_genotype)
+from nas_core.stages.common import StageError
+
+log = logging.getLogger("nas_core.stages.genotype")
+
+ALPHAS_FORMAT = "nas_core.alphas/1"
+
+
+def _from_alphas(doc: dict, source: str) -> Genotype:
+    try:
+        weights = doc["weights"]
+        return derive_genotype(weights["normal"], weights["reduce"],
+                               primitives=doc["primitives"], steps=int(doc["steps"]),
+                               multiplier=int(doc["multiplier"]))
+    except (KeyError, TypeError) as exc:
+        raise StageError(f"{source}: alphas file lacks {exc}") from None
+    except GenotypeError as exc:
+        raise StageError(f"{source}: {exc}") from None
+
+
+def _legacy_expression(text: str) -> str | None:
+    """The last balanced ``Genotype(...)`` expression in ``text``, or None."""
+    start = text.rfind("Genotype(")
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start + len("Genotype"), len(text)):
+        c = text[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start:i + 1]
+    return None
+
+
+def _from_text(path: Path, text: str) -> Genotype:
+    from nas_core.legacy import read_search_log
+
+    source = str(path)
+    if "genotype = Genotype(" in text:  # a train_search.py log: its last logged genotype
+        try:
+            found = read_search_log(path).final_genotype
+        except ValueError as exc:
+            log.warning("%s: not readable as a search log (%s); looking for a Genotype(...) "
+                        "text", source, exc)
+            found = None
+        if found is not None:
+            return found
+    expr = _legacy_expression(text)
+    if expr is None:
+        raise StageError(f"{source}: neither JSON (alphas or genotype) nor a legacy log or "
+                         f"Genotype(...) text")
+    try:
+        return parse_legacy_genotype(expr)
+    except GenotypeError as exc:
+        raise StageError(f"{source}: {exc}") from None
+
+
+def load_genotype_source(source: str | Path) -> Genotype:
+    """A Genotype from ``source``: an existing file (``alphas.json`` of the search stage, a
+    genotype JSON, a JSON object with a ``"genotype"`` entry such as ``test.json``, a legacy
+    ``train_search.py`` log.txt, or any text holding a legacy ``Genotype(...)``), else a
+    published genotype name (:func:`nas_core.genotypes.get_genotype`)."""
+    path = Path(source)
+    if not path.is_file():
+        text_source = str(source)
+        if path.suffix in (".json", ".txt", ".log") or "/" in text_source:
+            raise StageError(f"genotype source {text_source}: no such file")
+        try:
+            return get_genotype(text_source)
+        except GenotypeError as exc:
+            raise StageError(f"genotype source {text_source!r}: not a file, and {exc}") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise StageError(f"{path}: not a text file") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        doc = None
+    if doc is not None:
+        if isinstance(doc, dict) and doc.get("format") == ALPHAS_FORMAT:
+            return _from_alphas(doc, str(path))
+        if isinstance(doc, dict) and "genotype" in doc and "normal" not in doc:
+            doc = doc["genotype"]
+        try:
+            return Genotype.from_dict(doc, source=str(path))
+        except GenotypeError as exc:
+            raise StageError(str(exc)) from None
+    return _from_text(path, text)
+
+
+def load_genotype_file(path: str | Path) -> Genotype:
+    """Read a canonical ``genotype.json``; a one-line StageError names the file on any fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"genotype file {path}: no such file")
+    try:
+        return Genotype.load(path)
+    except GenotypeError as exc:
+        msg = str(exc)
+        raise StageError(msg if str(path) in msg else f"{path}: {msg}") from None
+
+
+def run_genotype(source: str | Path, output: str | Path) -> Genotype:
+    """Write ``output`` (canonical JSON of the genotype, atomically) from ``source`` (see
+    :func:`load_genotype_source`); returns the genotype."""
+    Path(output).unlink(missing_ok=True)
+    genotype = load_genotype_source(source)
+    atomic_write_text(output, genotype.to_json())
+    log.info("genotype from %s: %s -> %s", source, genotype.to_legacy(), output)
+    return genotype

@@ -1,0 +1,196 @@
+"""The test stage: evaluate a trained model on the test split and write ``test.json``.
+
+The network is rebuilt from the genotype (a genotype.json path or a published name) and the
+train config (``layers``, ``init_channels``, ``auxiliary``); ``model`` is loaded with
+``torch.load(weights_only=True)`` and ``strict=True``.  Model files of the original DARTS code
+load too: a plain state dict (missing BatchNorm ``num_batches_tracked`` entries are filled in),
+also when wrapped as ``{"state_dict": ...}`` / ``{"model": ...}`` or saved from
+``nn.DataParallel`` (``module.`` prefixes).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas_core import __version__
+from nas_core.checkpoint import atomic_write_json, sha256_file
+from nas_core.config import validate_stage_cfg
+from nas_core.stages.common import (StageError, autocast, make_loader, remove_files,
+                                    resolve_amp, resolve_channels_last, resolve_device)
+from nas_core.stages.genotype import load_genotype_file, load_genotype_source
+from nas_core.stages.search import to_device
+
+log = logging.getLogger("nas_core.stages.test")
+
+
+def _shape(t: Any) -> str:
+    return "x".join(map(str, tuple(t.shape))) if hasattr(t, "shape") else type(t).__name__
+
+
+def _unwrap(state: Any, path: Path) -> Mapping[str, Any]:
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            inner = state.get(key)
+            if isinstance(inner, Mapping) and inner and all(
+                    isinstance(v, torch.Tensor) for v in inner.values()):
+                state = inner
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise StageError(f"model file {path}: not a state dict (got {type(state).__name__})")
+    if state and all(k.startswith("module.") for k in state):
+        state = type(state)((k[len("module."):], v) for k, v in state.items())
+    return state
+
+
+def load_model_file(model: torch.nn.Module, path: str | Path) -> None:
+    """Load ``path`` into ``model`` (strict); StageError naming the file and the first
+    missing / unexpected key or wrong shape otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"model file {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        reason = " ".join(str(exc).split())[:200]
+        raise StageError(f"model file {path}: cannot be read ({type(exc).__name__}: "
+                         f"{reason})") from None
+    state = _unwrap(state, path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    what = "does not match the network (genotype, layers, init_channels, auxiliary?)"
+    if missing:
+        raise StageError(f"model file {path} {what}: missing key {missing[0]!r} "
+                         f"({len(missing)} missing)")
+    if unexpected:
+        raise StageError(f"model file {path} {what}: unexpected key {unexpected[0]!r} "
+                         f"({len(unexpected)} unexpected)")
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(expected[k].shape):
+            raise StageError(f"model file {path} {what}: {k!r} has shape {_shape(v)}, the "
+                             f"network expects {_shape(expected[k])}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise StageError(f"model file {path} {what}: "
+                         f"{' '.join(str(exc).split())[:300]}") from None
+
+
+def _resolve_genotype(genotype: str | Path):
+    p = Path(genotype)
+    if p.is_file() and p.suffix == ".json":
+        return load_genotype_file(p)
+    return load_genotype_source(genotype)
+
+
+def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model: str | Path,
+             output: str | Path, *, data_root: str | Path = "resources",
+             device: str | torch.device | None = None) -> dict:
+    """Evaluate ``model`` on the test split of ``data``; write ``output`` (test.json) and
+    return its content.
+
+    ``test.json``: ``dataset``, ``task``, ``metrics`` (classification: ``top1``, ``top5``
+    (percent; top-k with k = min(5, classes)), ``loss`` (mean cross entropy),
+    ``per_class_accuracy`` (percent per class index, null for a class without test samples);
+    regression: ``r2`` (over the whole split), ``mse``, ``mae``, ``loss`` (mean MSE)),
+    ``num_samples``, ``num_parameters`` (without the auxiliary head), ``genotype`` (dict),
+    ``genotype_source``, ``network`` (in_channels, num_outputs, layers, init_channels,
+    auxiliary), ``model`` (path as given, sha256, bytes), ``data`` (the data layer's source
+    identifiers) and ``nas_core_version``.
+    """
+    from nas_core.data import load_data
+    from nas_core.model_eval import EvalNetwork, count_parameters
+
+    output = Path(output)
+    remove_files([output])
+    train_cfg = validate_stage_cfg("train", train_cfg)
+    cfg = validate_stage_cfg("test", cfg)
+    geno = _resolve_genotype(genotype)
+    dev = resolve_device(device)
+    amp_dtype = resolve_amp(cfg["amp"], dev)
+    channels_last = resolve_channels_last(train_cfg["channels_last"], dev)
+    bundle = load_data(data, data_root)
+    task = bundle.task
+
+    net = EvalNetwork(geno, bundle.in_channels, train_cfg["init_channels"], bundle.num_outputs,
+                      train_cfg["layers"], auxiliary=train_cfg["auxiliary"])
+    load_model_file(net, model)
+    net = net.to(dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.eval()
+
+    n = len(bundle.test)
+    bs = cfg["batch_size"]
+    batches = [list(range(k, min(k + bs, n))) for k in range(0, n, bs)]
+    outputs, targets = [], []
+    with torch.no_grad():
+        for x, y in make_loader(bundle.test, batches, cfg["num_workers"], dev):
+            x, y = to_device(x, y, dev, channels_last)
+            with autocast(dev, amp_dtype):
+                logits, _ = net(x)
+            outputs.append(logits.float().cpu())
+            targets.append(y.cpu())
+    if not outputs:
+        raise StageError(f"{bundle.name}: the test split is empty")
+    out = torch.cat(outputs)
+    tgt = torch.cat(targets)
+
+    if task == "classification":
+        c = out.shape[1]
+        loss = float(F.cross_entropy(out, tgt, reduction="sum")) / n
+        k = min(5, c)
+        topk = out.topk(k, dim=1).indices
+        correct = topk.eq(tgt[:, None])
+        pred = out.argmax(dim=1)
+        per_class: list[float | None] = []
+        for cls in range(c):
+            mask = tgt == cls
+            cnt = int(mask.sum())
+            per_class.append(100.0 * int((pred[mask] == cls).sum()) / cnt if cnt else None)
+        metrics = {
+            "top1": 100.0 * int(correct[:, 0].sum()) / n,
+            "top5": 100.0 * int(correct.any(dim=1).sum()) / n,
+            "loss": loss,
+            "per_class_accuracy": per_class,
+        }
+    else:
+        p = out.squeeze(-1).double().numpy()
+        y = tgt.double().numpy().reshape(-1)
+        err = y - p
+        sse = float(np.sum(err ** 2))
+        sst = float(np.sum((y - y.mean()) ** 2))
+        metrics = {
+            "r2": 1.0 - sse / sst if sst > 0 else None,
+            "mse": sse / n,
+            "mae": float(np.mean(np.abs(err))),
+            "loss": float(F.mse_loss(out.squeeze(-1), tgt.float(), reduction="sum")) / n,
+        }
+
+    model_path = Path(model)
+    result = {
+        "dataset": bundle.name,
+        "task": task,
+        "metrics": metrics,
+        "num_samples": n,
+        "num_parameters": count_parameters(net, exclude_auxiliary=True),
+        "genotype": geno.to_dict(),
+        "genotype_source": str(genotype),
+        "network": {"in_channels": bundle.in_channels, "num_outputs": bundle.num_outputs,
+                    "layers": train_cfg["layers"], "init_channels": train_cfg["init_channels"],
+                    "auxiliary": train_cfg["auxiliary"]},
+        "model": {"path": str(model), "sha256": sha256_file(model_path),
+                  "bytes": model_path.stat().st_size},
+        "data": bundle.source,
+        "nas_core_version": __version__,
+    }
+    atomic_write_json(output, result)
+    log.info("test on %s: %s", bundle.name,
+             " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    return result
