@@ -1,0 +1,434 @@
+"""The Snakemake workflow: schema, lint, dry runs of every dataset, a real end-to-end run of the
+default target on the CPU, its report, and the rerun-only-what-is-stale cases.
+
+Snakemake runs in subprocesses (``python -m snakemake``) inside a temporary copy of the
+workflow files; nas_core is imported from the installed (editable) package.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+CONFIG = ROOT / "config" / "config.yaml"
+CHAIN = ("download", "search", "genotype", "train", "test")
+COMPUTE = {"download", "search", "genotype", "train", "test"}
+FIGURES = ("search_curves", "alphas_normal", "alphas_reduce", "cell_normal", "cell_reduce",
+           "train_curves", "test_metrics")
+
+# A tiny budget for the end-to-end run (about a minute on two CPU cores): the digits chain with
+# a search, plus a second dataset that trains a published genotype (no search).
+TINY = {
+    "targets": ["digits", "digits-pub"],
+    "datasets": {
+        "digits": {
+            "data": {"name": "digits"},
+            "search": {"epochs": 2, "max_steps_per_epoch": 3, "layers": 3, "init_channels": 4,
+                       "batch_size": 32, "num_workers": 0},
+            "train": {"epochs": 3, "layers": 3, "init_channels": 8, "batch_size": 64,
+                      "num_workers": 0},
+            "test": {"num_workers": 0},
+        },
+        "digits-pub": {
+            "data": {"name": "digits"},
+            "genotype": {"source": "DARTS_V2"},
+            "train": {"epochs": 1, "max_steps_per_epoch": 2, "layers": 2, "init_channels": 4,
+                      "batch_size": 64, "num_workers": 0, "valid_fraction": 0.0},
+            "test": {"num_workers": 0},
+        },
+    },
+}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def copy_workflow(dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}
+    if (workdir / "nas_core").is_dir():  # a private copy of the library (fingerprint test)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH")]))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env["NAS_CORE_GPU_LOCK_DIR"] = str(workdir / ".gpu_locks")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+    return proc
+
+
+def planned_jobs(output: str) -> set[tuple[str, str]]:
+    """(rule, dataset) of every job a dry run lists ('' for jobs without a dataset)."""
+    jobs = set()
+    for block in re.split(r"\n(?=\s*(?:local)?rule \S+:)", output):
+        m = re.match(r"\s*(?:local)?rule (\S+):", block)
+        if not m:
+            continue
+        ds = re.search(r"wildcards: .*?dataset=([^\s,]+)", block)
+        jobs.add((m.group(1), ds.group(1) if ds else ""))
+    return jobs
+
+
+def dag_edges(output: str) -> set[tuple[str, str]]:
+    """Edges of `snakemake --dag` as (upstream rule, downstream rule)."""
+    names = {m.group(1): m.group(2).split("\\n")[0]
+             for m in re.finditer(r'^\s*(\d+)\[label = "([^"]+)"', output, re.M)}
+    return {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", output, re.M)}
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# -- schema and config --------------------------------------------------------------------
+
+
+def test_schema_stage_blocks_mirror_nas_core_config():
+    """Keys, defaults, types, ranges and descriptions equal nas_core.config's: no drift."""
+    from nas_core import config as nas_config
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for stage, defaults in (("search", nas_config.SEARCH_DEFAULTS),
+                            ("train", nas_config.TRAIN_DEFAULTS),
+                            ("test", nas_config.TEST_DEFAULTS)):
+        props = schema["$defs"][stage]["properties"]
+        assert list(props) == list(defaults), stage
+        assert {k: v["default"] for k, v in props.items()} == defaults, stage
+        assert props == nas_config.json_schema(stage)["properties"], stage
+        assert schema["$defs"][stage]["additionalProperties"] is False
+
+
+def test_schema_data_options_mirror_the_data_registry():
+    from nas_core.data import registry
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    data = schema["$defs"]["data"]
+    assert sorted(data["properties"]["name"]["enum"]) == registry.list_datasets()
+    branches = {b["if"]["properties"]["name"]["const"]: b["then"] for b in data["allOf"]}
+    assert sorted(branches) == registry.list_datasets()
+    for name, then in branches.items():
+        options = registry.get_dataset(name).options
+        props = {k: v for k, v in then["properties"].items() if k != "name"}
+        assert sorted(props) == sorted(options), name
+        assert then["additionalProperties"] is False
+        required = {k for k, v in options.items() if v is registry.REQUIRED}
+        assert set(then.get("required", [])) == required, name
+        for key, default in options.items():
+            if default is not registry.REQUIRED:
+                assert props[key].get("default") == default, f"{name}.{key}"
+
+
+def _walk_objects(node, path="$"):
+    if isinstance(node, dict):
+        if node.get("type") == "object" or "properties" in node:
+            yield path, node
+        for k, v in node.items():
+            yield from _walk_objects(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk_objects(v, f"{path}[{i}]")
+
+
+def test_schema_documents_every_key_and_rejects_unknown_ones():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for path, obj in _walk_objects(schema):
+        for key, prop in (obj.get("properties") or {}).items():
+            if key == "name" and path.endswith((".then", ".if")):
+                continue
+            assert prop.get("description") or "$ref" in prop, f"{path}.{key} has no description"
+    assert schema["additionalProperties"] is False
+    for name in ("search", "train", "test", "gpus", "genotype", "dataset", "source"):
+        assert schema["$defs"][name]["additionalProperties"] is False, name
+    for stage in ("search", "train", "test"):
+        for key, prop in schema["$defs"][stage]["properties"].items():
+            assert "default" in prop and prop.get("description"), f"{stage}.{key}"
+
+
+def test_config_has_every_dataset_with_its_overrides():
+    cfg = yaml.safe_load(CONFIG.read_text())
+    assert {"digits", "mnist", "fashion-mnist", "cifar-10", "graphene"} <= set(cfg["datasets"])
+    assert cfg["targets"] == ["digits"]
+    graphene = cfg["datasets"]["graphene"]
+    assert graphene["search"] == {"batch_size": 24}
+    assert graphene["train"] == {"layers": 8, "lr": 0.01, "epochs": 200}
+    assert cfg["datasets"]["cifar-10"]["train"] == {"auxiliary": True, "cutout": 16}
+    for name, block in cfg["datasets"].items():
+        assert block["data"]["name"] == name
+
+
+# -- snakemake without running jobs -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("wf_dry"))
+
+
+def test_lint_is_clean(wf):
+    proc = snakemake(wf, "--lint")
+    assert proc.returncode == 0, proc.output
+    assert "Congratulations" in proc.output, proc.output
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar-10", "graphene"])
+def test_dry_run_chains_every_stage(wf, dataset):
+    target = f"results/{dataset}/test.json"
+    # The target first: --resources takes several values and would swallow it.
+    proc = snakemake(wf, target, "-n", "--cores", "4", "--resources", "gpu=4")
+    assert proc.returncode == 0, proc.output
+    jobs = planned_jobs(proc.output)
+    assert {(rule, dataset) for rule in CHAIN} <= jobs, jobs
+    assert {d for _, d in jobs} == {dataset}
+    dag = snakemake(wf, "--dag", "dot", "--", target)
+    assert dag.returncode == 0, dag.output
+    edges = dag_edges(dag.stdout)
+    for upstream, downstream in zip(CHAIN, CHAIN[1:]):
+        assert (upstream, downstream) in edges, (upstream, downstream, edges)
+    # Every stage that reads data waits for the download.
+    assert {("download", "train"), ("download", "test")} <= edges
+
+
+def test_dry_run_of_all_datasets_at_once(wf):
+    targets = [f"results/{d}/test.json" for d in ("mnist", "fashion-mnist", "cifar-10", "graphene")]
+    proc = snakemake(wf, "-n", "--cores", "4", "--resources", "gpu=2", "--", *targets)
+    assert proc.returncode == 0, proc.output
+    jobs = planned_jobs(proc.output)
+    for d in ("mnist", "fashion-mnist", "cifar-10", "graphene"):
+        assert {(rule, d) for rule in CHAIN} <= jobs
+
+
+def test_published_genotype_skips_the_search(wf, tmp_path):
+    cfg = write_config(tmp_path / "pub.yaml", {"datasets": {"mnist": {
+        "data": {"name": "mnist"}, "genotype": {"source": "DARTS_V2"}}}})
+    proc = snakemake(wf, "results/mnist/test.json", "-n", "--cores", "1", "--configfile", str(cfg))
+    assert proc.returncode == 0, proc.output
+    rules = {r for r, _ in planned_jobs(proc.output)}
+    assert {"download", "genotype", "train", "test"} <= rules
+    assert "search" not in rules
+
+
+def _fails_before_any_job(wf: Path, proc) -> str:
+    assert proc.returncode != 0, proc.output
+    assert not (wf / "logs").exists() and not (wf / "results").exists(), proc.output
+    assert "Traceback (most recent call last)" not in proc.output
+    return proc.output
+
+
+def test_config_typo_fails_before_any_job_naming_the_key(wf, tmp_path):
+    cfg = write_config(tmp_path / "typo.yaml", {"datasets": {"digits": {
+        "data": {"name": "digits"}, "train": {"epochz": 3}}}})
+    out = _fails_before_any_job(wf, snakemake(wf, "--cores", "1", "--configfile", str(cfg)))
+    assert "unknown key 'datasets.digits.train.epochz'" in out, out
+    # One line: the message and the allowed keys.
+    line = next(l for l in out.splitlines() if "epochz" in l)
+    assert "epochs" in line
+
+    cfg = write_config(tmp_path / "typo2.yaml", {"serch": {"epochs": 3}})
+    out = _fails_before_any_job(wf, snakemake(wf, "--cores", "1", "--configfile", str(cfg)))
+    assert "unknown key 'serch'" in out, out
+
+    cfg = write_config(tmp_path / "typo3.yaml", {"datasets": {"digits": {
+        "data": {"name": "digits"}, "search": {"lr": "fast"}}}})
+    out = _fails_before_any_job(wf, snakemake(wf, "--cores", "1", "--configfile", str(cfg)))
+    assert "datasets.digits.search.lr" in out, out
+
+    # Cross-key rules of nas_core.config are checked before any job too.
+    cfg = write_config(tmp_path / "typo4.yaml", {"datasets": {"digits": {
+        "data": {"name": "digits"}, "train": {"lr": 0.01, "lr_min": 0.1}}}})
+    out = _fails_before_any_job(wf, snakemake(wf, "--cores", "1", "--configfile", str(cfg)))
+    assert "datasets.digits: train.lr_min" in out, out
+
+
+def test_missing_dataset_fails_before_any_job_naming_it(wf, tmp_path):
+    out = _fails_before_any_job(wf, snakemake(wf, "results/mnsit/test.json", "--cores", "1"))
+    assert "dataset 'mnsit'" in out and "not in config 'datasets'" in out, out
+
+    cfg = write_config(tmp_path / "targets.yaml", {"targets": ["fashion_mnist"]})
+    out = _fails_before_any_job(wf, snakemake(wf, "--cores", "1", "--configfile", str(cfg)))
+    assert "dataset 'fashion_mnist'" in out, out
+
+    cfg = write_config(tmp_path / "geno.yaml", {"datasets": {"mnist": {
+        "data": {"name": "mnist"}, "genotype": {"source": "DARTS_V9"}}}})
+    out = _fails_before_any_job(wf, snakemake(wf, "results/mnist/test.json", "--cores", "1",
+                                              "--configfile", str(cfg)))
+    assert "datasets.mnist.genotype.source" in out and "DARTS_V9" in out, out
+
+
+# -- the real thing: end to end on the CPU, the report, reruns ----------------------------
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> Path:
+    """The default target run to completion with the tiny budget."""
+    wf = copy_workflow(tmp_path_factory.mktemp("wf_run"))
+    shutil.copytree(ROOT / "nas_core", wf / "nas_core", ignore=shutil.ignore_patterns("__pycache__"))
+    write_config(wf / "tiny.yaml", TINY)
+    proc = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml", "--resources", "gpu=0")
+    assert proc.returncode == 0, proc.output[-6000:]
+    return wf
+
+
+@pytest.mark.slow
+def test_default_target_end_to_end(done):
+    for name in ("digits", "digits-pub"):
+        res = json.loads((done / "results" / name / "test.json").read_text())
+        assert res["task"] == "classification"
+        assert res["num_samples"] > 100
+        for rule in ("download", "genotype", "train", "test"):
+            assert (done / "logs" / name / f"{rule}.log").is_file()
+            assert (done / "benchmarks" / name / f"{rule}.tsv").is_file()
+        assert (done / "results" / name / "genotype.json").is_file()
+        assert (done / "results" / name / "train" / "model.pt").stat().st_size > 0
+    # Far above chance (10 %) even with the tiny budget.
+    top1 = json.loads((done / "results/digits/test.json").read_text())["metrics"]["top1"]
+    assert top1 > 50, top1
+    for f in ("alphas.json", "supernet.pt", "history.json"):
+        assert (done / "results/digits/search" / f).stat().st_size > 0
+    assert (done / "resources/digits/download.json").is_file()
+    # The published genotype was trained as is: no search for digits-pub.
+    assert not (done / "results/digits-pub/search").exists()
+    from nas_core.genotypes import get_genotype
+
+    geno = json.loads((done / "results/digits-pub/genotype.json").read_text())
+    assert geno == get_genotype("DARTS_V2").to_dict()
+    for name in FIGURES:
+        png = done / "results/digits/figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    for cell in ("normal", "reduce"):
+        assert "digraph" in (done / f"results/digits/figures/cell_{cell}.dot").read_text()
+
+
+@pytest.mark.slow
+def test_report_holds_every_figure(done):
+    proc = snakemake(done, "--configfile", "tiny.yaml", "--report", "report.html")
+    assert proc.returncode == 0, proc.output[-4000:]
+    html = (done / "report.html").read_text(errors="replace")
+    for name in FIGURES:
+        assert f"{name}.png" in html, name
+    for name in ("cell_normal", "test_metrics", "train_curves"):
+        assert f"{name}.png" in html
+    assert "digits-pub" in html
+
+
+@pytest.mark.slow
+def test_rerun_with_nothing_changed_does_nothing(done):
+    proc = snakemake(done, "-n", "--cores", "2", "--configfile", "tiny.yaml")
+    assert proc.returncode == 0, proc.output
+    assert "Nothing to be done" in proc.output, proc.output
+    assert not planned_jobs(proc.output)
+
+
+def _changed(done: Path, edit) -> set[tuple[str, str]]:
+    cfg = copy.deepcopy(TINY)
+    edit(cfg["datasets"])
+    write_config(done / "changed.yaml", cfg)
+    proc = snakemake(done, "-n", "--cores", "2", "--configfile", "changed.yaml")
+    assert proc.returncode == 0, proc.output
+    return planned_jobs(proc.output)
+
+
+@pytest.mark.slow
+def test_changing_train_reruns_train_and_test_only(done):
+    jobs = _changed(done, lambda d: d["digits"]["train"].update(epochs=4))
+    compute = {(r, d) for r, d in jobs if r in COMPUTE}
+    assert compute == {("train", "digits"), ("test", "digits")}, jobs
+    assert {d for _, d in jobs} <= {"digits", ""}  # nothing of digits-pub
+
+
+@pytest.mark.slow
+def test_changing_one_dataset_touches_nothing_of_another(done):
+    jobs = _changed(done, lambda d: d["digits-pub"]["train"].update(seed=1))
+    assert jobs and {d for _, d in jobs} <= {"digits-pub", ""}, jobs
+    jobs = _changed(done, lambda d: d["digits"]["search"].update(seed=3))
+    assert ("search", "digits") in jobs
+    assert {d for _, d in jobs} <= {"digits", ""}, jobs
+    # The data block too: digits' download and chain rerun, digits-pub (same loader) is untouched.
+    jobs = _changed(done, lambda d: d["digits"]["data"].update(seed=7))
+    assert ("download", "digits") in jobs
+    assert {d for _, d in jobs} <= {"digits", ""}, jobs
+
+
+@pytest.mark.slow
+def test_editing_nas_core_reruns_the_compute_stages(done):
+    """The `nas_core` param (sha256 of the library sources) changes with the library."""
+    source = done / "nas_core" / "model_eval.py"
+    original = source.read_text()
+    try:
+        source.write_text(original + "\n# an edit\n")
+        proc = snakemake(done, "-n", "--cores", "2", "--configfile", "tiny.yaml")
+        assert proc.returncode == 0, proc.output
+        rules = {r for r, d in planned_jobs(proc.output) if d == "digits"}
+        assert {"search", "genotype", "train", "test"} <= rules, proc.output
+        assert "download" not in rules
+        # report.py changes rerun only the figures.
+        source.write_text(original)
+        report = done / "nas_core" / "report.py"
+        report_original = report.read_text()
+        report.write_text(report_original + "\n# an edit\n")
+        proc = snakemake(done, "-n", "--cores", "2", "--configfile", "tiny.yaml")
+        rules = {r for r, _ in planned_jobs(proc.output)}
+        assert rules and rules <= {"report_search", "report_cells", "report_train",
+                                   "report_test", "all"}, proc.output
+        report.write_text(report_original)
+    finally:
+        source.write_text(original)
+
+
+# -- figures without graphviz -------------------------------------------------------------
+
+
+def test_cells_degrade_to_text_without_graphviz(tmp_path, monkeypatch, caplog):
+    """Without the `dot` program the .dot sources are written, the PNG is a text rendering and
+    a warning says so: the workflow still completes."""
+    from nas_core import report
+    from nas_core.genotypes import get_genotype
+
+    geno = tmp_path / "demo" / "genotype.json"
+    geno.parent.mkdir()
+    geno.write_text(json.dumps(get_genotype("DARTS_V2").to_dict()))
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    out = tmp_path / "figures"
+    with caplog.at_level("WARNING", logger="nas_core.report"):
+        rendered = report.cell_figures(geno, out / "n.png", out / "r.png", out / "n.dot", out / "r.dot")
+    assert rendered == {"normal": False, "reduce": False}
+    for name in ("n.png", "r.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "sep_conv_3x3" in (out / "n.dot").read_text()
+    assert "graphviz 'dot' not found" in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed")
+def test_cells_are_drawn_with_graphviz(tmp_path):
+    from nas_core import report
+    from nas_core.genotypes import get_genotype
+
+    geno = tmp_path / "demo" / "genotype.json"
+    geno.parent.mkdir()
+    geno.write_text(json.dumps(get_genotype("DARTS_V2").to_dict()))
+    out = tmp_path / "figures"
+    assert report.cell_figures(geno, out / "n.png", out / "r.png") == {"normal": True, "reduce": True}
+    assert (out / "n.dot").is_file() and (out / "n.png").stat().st_size > 1000

@@ -1,0 +1,27 @@
+# Evaluate the trained network on the test split: results/{dataset}/test.json.
+
+
+rule test:
+    input:
+        data="resources/{dataset}/download.json",
+        genotype="results/{dataset}/genotype.json",
+        model="results/{dataset}/train/model.pt",
+    output:
+        "results/{dataset}/test.json",
+    params:
+        data=data_cfg,
+        train=stage_cfg("train"),
+        test=stage_cfg("test"),
+        root=data_root,
+        nas_core=NAS_CORE_VERSION,
+    resources:
+        gpu=gpus("test"),
+    threads: 2
+    log:
+        "logs/{dataset}/test.log",
+    benchmark:
+        "benchmarks/{dataset}/test.tsv"
+    conda:
+        "../envs/nas.yaml"
+    script:
+        "../scripts/test.py"

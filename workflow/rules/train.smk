@@ -1,0 +1,26 @@
+# Train the evaluation network built from genotype.json (checkpoints in train/checkpoints/).
+
+
+rule train:
+    input:
+        data="resources/{dataset}/download.json",
+        genotype="results/{dataset}/genotype.json",
+    output:
+        model="results/{dataset}/train/model.pt",
+        history="results/{dataset}/train/history.json",
+    params:
+        data=data_cfg,
+        train=stage_cfg("train"),
+        root=data_root,
+        nas_core=NAS_CORE_VERSION,
+    resources:
+        gpu=gpus("train"),
+    threads: 4
+    log:
+        "logs/{dataset}/train.log",
+    benchmark:
+        "benchmarks/{dataset}/train.tsv"
+    conda:
+        "../envs/nas.yaml"
+    script:
+        "../scripts/train.py"
