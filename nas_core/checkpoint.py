@@ -1,9 +1,8 @@
 """Atomic file writes and resumable checkpoints.
 
-Every file a stage writes goes through :func:`atomic_write_bytes`: the bytes go to a temporary
-file in the destination folder, which is flushed and fsynced, renamed over the destination with
-``os.replace`` and the folder fsynced; a reader (or a restarted job) sees the old file or the new
-one, never a torn one.
+Every file a stage writes goes through :func:`nas_core.fileio.atomic_write_bytes` (temporary
+file in the destination folder, fsync, ``os.replace``, fsync of the folder): a reader or a
+restarted job sees the old file or the new one, never a torn one.
 
 Checkpoints are ``torch.save`` dicts that load with ``torch.load(weights_only=True)``: they hold
 only tensors, (ordered) dicts, lists, tuples, strings, numbers, booleans and None.  RNG states
@@ -22,12 +21,13 @@ import logging
 import math
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from nas_core.fileio import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 
 __all__ = [
     "CheckpointError",
@@ -56,55 +56,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be read (it has been moved aside)."""
 
 
-# -- atomic writes ----------------------------------------------------------------------------
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename,
-    fsync of the folder).  Creates the folder.  Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` of UTF-8 text (no newline translation)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+# -- atomic writes (nas_core.fileio) --------------------------------------------------------
 
 
 def _plain(obj: Any) -> Any:
@@ -165,14 +117,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, torch_save_bytes(obj))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys, compact separators)."""
     text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -231,7 +175,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], fingerprint:
 def _move_aside(path: Path, reason: str) -> Path:
     target = path.with_name(path.name + ".corrupt")
     os.replace(path, target)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     log.warning("checkpoint %s cannot be read (%s); moved aside to %s", path, reason, target)
     return target
 

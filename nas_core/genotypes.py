@@ -15,13 +15,13 @@ from __future__ import annotations
 import ast
 import json
 import os
-import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from nas_core.fileio import atomic_write_text
 from nas_core.ops import PRIMITIVES, has_op, list_ops
 
 __all__ = [
@@ -170,22 +170,7 @@ class Genotype:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_json` atomically (temporary file in the same folder, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(self.to_json())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return path
+        return atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Genotype":

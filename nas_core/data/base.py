@@ -3,8 +3,6 @@ dataset over an index list, and file identification (size, sha256) for ``DataBun
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -12,6 +10,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from nas_core.fileio import sha256_file
 
 
 class DataError(ValueError):
@@ -77,23 +77,6 @@ class ArrayDataset(Dataset):
 # ---------------------------------------------------------------------------------------------
 # File identification
 
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file, cached in memory by (path, size, mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA256_CACHE[key] = h.hexdigest()
-    return _SHA256_CACHE[key]
-
-
 def file_info(path: str | Path, root: str | Path | None = None) -> dict:
     """``{"path", "size", "sha256"}`` of a file; ``path`` relative to ``root`` when inside it."""
     p = Path(path)
@@ -154,20 +137,6 @@ def check_nonempty(name: str, **parts: int) -> None:
         if n <= 0:
             sizes = ", ".join(f"{k}={v}" for k, v in parts.items())
             raise DataError(f"{name}: the {part} split is empty ({sizes})")
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def one_line(e: BaseException) -> str:

@@ -94,16 +94,23 @@ def load_data(cfg: dict, root: str | Path = "resources") -> DataBundle:
     return spec.loader(opts, Path(root) / spec.name)
 
 
-def download_data(cfg: dict, root: str | Path = "resources") -> list[Path]:
+def download_data(cfg: dict, root: str | Path = "resources",
+                  manifest: str | Path | None = None) -> list[Path]:
     """Fetch the dataset's files into ``root/{name}/`` (nothing for ``digits``); returns them.
 
-    Files already present and verified are not fetched again.
+    Files already present and verified are not fetched again.  With ``manifest``, also write
+    (atomically) a JSON list of the config, the root and the files: the workflow's download
+    output.  It holds no timestamps, so rewriting it unchanged triggers no rerun downstream.
     """
     spec, opts = resolve_options(cfg)
     folder = Path(root) / spec.name
-    if spec.downloader is None:
-        return dataset_files(cfg, root)
-    return spec.downloader(opts, folder)
+    files = dataset_files(cfg, root) if spec.downloader is None else spec.downloader(opts, folder)
+    if manifest is not None:
+        from nas_core.checkpoint import atomic_write_json
+
+        atomic_write_json(manifest, {"data": cfg, "root": str(root),
+                                     "files": sorted(str(f) for f in files)})
+    return files
 
 
 def dataset_files(cfg: dict, root: str | Path = "resources") -> list[Path]:

@@ -37,7 +37,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .base import DataError, DownloadError, fsync_dir, one_line, sha256_file
+from nas_core.fileio import fsync_dir, sha256_file
+
+from .base import DataError, DownloadError, one_line
 
 log = logging.getLogger(__name__)
 

@@ -356,6 +356,39 @@ def state_dict_cpu(model: torch.nn.Module) -> dict:
     return out
 
 
+class Checkpointer:
+    """Saves and restores one stage run: its stateful objects (anything with ``state_dict`` /
+    ``load_state_dict``, stored under their names), the RNG states and the loop position."""
+
+    def __init__(self, path: Path, fingerprint: str, stage: str, stateful: dict[str, Any]):
+        self.path, self.fingerprint, self.stage, self.stateful = path, fingerprint, stage, stateful
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the checkpoint into the stateful objects and the RNGs; its dict, or None."""
+        from nas_core.checkpoint import load_checkpoint, set_rng_state
+
+        ckpt = load_checkpoint(self.path, self.fingerprint)
+        if ckpt is None:
+            return None
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(ckpt[name])
+        set_rng_state(ckpt["rng"])
+        log.info("resuming from %s at epoch %d step %d", self.path, ckpt["epoch"], ckpt["step"])
+        return ckpt
+
+    def save(self, epoch: int, step: int, **extra: Any) -> None:
+        """Checkpoint at ``step`` steps into ``epoch``, with ``extra`` plain values."""
+        from nas_core.checkpoint import get_rng_state, save_checkpoint
+
+        state: dict[str, Any] = {"stage": self.stage, "epoch": epoch, "step": step}
+        for name, obj in self.stateful.items():
+            state[name] = (state_dict_cpu(obj) if isinstance(obj, torch.nn.Module)
+                           else obj.state_dict())
+        state["rng"] = get_rng_state()
+        state.update(extra)
+        save_checkpoint(self.path, state, self.fingerprint)
+
+
 def lr_of(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 

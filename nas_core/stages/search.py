@@ -32,12 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from nas_core import __version__
-from nas_core.checkpoint import (atomic_torch_save, atomic_write_json, fingerprint,
-                                 get_rng_state, load_checkpoint, save_checkpoint,
-                                 set_rng_state)
+from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
 from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
 from nas_core.stages.genotype import ALPHAS_FORMAT
-from nas_core.stages.common import (Meter, SeededDataset, Timer, autocast,
+from nas_core.stages.common import (Checkpointer, Meter, SeededDataset, Timer, autocast,
                                     determinism, epoch_batches, format_metrics, kill_step,
                                     lr_of, make_loader, maybe_kill, metric_name, progress,
                                     remove_files, resolve_amp, resolve_channels_last,
@@ -132,7 +130,6 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     paths = {name: out_dir / name for name in OUTPUTS}
     remove_files(list(paths.values()))  # first: a failing run leaves no old outputs behind
     cfg = validate_stage_cfg("search", cfg)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
     dev = resolve_device(device)
     amp_dtype = resolve_amp(cfg["amp"], dev)
     channels_last = resolve_channels_last(cfg["channels_last"], dev)
@@ -171,37 +168,23 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
         timings: list[dict] = []
         meter = Meter(task)
         partial_seconds = 0.0
-        ckpt = load_checkpoint(ckpt_path, fp)
+        ckpt_path = out_dir / "checkpoints" / "last.pt"
+        checkpointer = Checkpointer(ckpt_path, fp, "search", {
+            "model": model, "w_optimizer": w_opt,
+            "arch_optimizer": architect.arch_optimizer, "scheduler": sched})
+        ckpt = checkpointer.restore()
         resumed_from = None
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            w_opt.load_state_dict(ckpt["w_optimizer"])
-            architect.arch_optimizer.load_state_dict(ckpt["arch_optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
             start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
             history, timings = list(ckpt["history"]), list(ckpt["timings"])
             meter.load(ckpt["meter"])
             partial_seconds = float(ckpt["epoch_seconds"])
             resumed_from = [start_epoch, start_step]
-            log.info("resuming from %s at epoch %d step %d", ckpt_path, start_epoch, start_step)
         del ckpt
 
         def checkpoint(epoch: int, step: int, seconds: float) -> None:
-            save_checkpoint(ckpt_path, {
-                "stage": "search",
-                "epoch": epoch,
-                "step": step,
-                "model": state_dict_cpu(model),
-                "w_optimizer": w_opt.state_dict(),
-                "arch_optimizer": architect.arch_optimizer.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": get_rng_state(),
-                "meter": meter.state(),
-                "history": history,
-                "timings": timings,
-                "epoch_seconds": seconds,
-            }, fp)
+            checkpointer.save(epoch, step, meter=meter.state(), history=history,
+                              timings=timings, epoch_seconds=seconds)
 
         train_set = SeededDataset(bundle.train, cfg["seed"])
         kill_at = kill_step()

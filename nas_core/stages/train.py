@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 
 from nas_core import __version__
-from nas_core.checkpoint import (atomic_torch_save, atomic_write_json, fingerprint,
-                                 get_rng_state, load_checkpoint, save_checkpoint,
-                                 set_rng_state)
+from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
 from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
-from nas_core.stages.common import (Meter, SeededDataset, Timer, autocast, determinism,
+from nas_core.stages.common import (Checkpointer, Meter, SeededDataset, Timer, autocast, determinism,
                                     epoch_batches, format_metrics, kill_step, lr_of,
                                     make_loader, maybe_kill, metric_name, progress,
                                     remove_files, resolve_amp, resolve_channels_last,
@@ -97,36 +95,21 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
         partial_seconds = 0.0
         best = {"epoch": None, "value": None, "state": None}
         resumed_from = None
-        ckpt = load_checkpoint(ckpt_path, fp)
+        checkpointer = Checkpointer(ckpt_path, fp, "train",
+                                    {"model": model, "optimizer": opt, "scheduler": sched})
+        ckpt = checkpointer.restore()
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
             start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
             history, timings = list(ckpt["history"]), list(ckpt["timings"])
             meter.load(ckpt["meter"])
             partial_seconds = float(ckpt["epoch_seconds"])
             best = dict(ckpt["best"])
             resumed_from = [start_epoch, start_step]
-            log.info("resuming from %s at epoch %d step %d", ckpt_path, start_epoch, start_step)
         del ckpt
 
         def checkpoint(epoch: int, step: int, seconds: float) -> None:
-            save_checkpoint(ckpt_path, {
-                "stage": "train",
-                "epoch": epoch,
-                "step": step,
-                "model": state_dict_cpu(model),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": get_rng_state(),
-                "meter": meter.state(),
-                "history": history,
-                "timings": timings,
-                "epoch_seconds": seconds,
-                "best": best,
-            }, fp)
+            checkpointer.save(epoch, step, meter=meter.state(), history=history,
+                              timings=timings, epoch_seconds=seconds, best=best)
 
         train_set = SeededDataset(bundle.train, cfg["seed"], cutout=cfg["cutout"])
         kill_at = kill_step()

@@ -83,7 +83,7 @@ def _library_fingerprints() -> tuple[str, str]:
     root = Path(list(spec.submodule_search_locations)[0])
     files = [(p.relative_to(root).as_posix(), p) for p in root.rglob("*.py")
              if "__pycache__" not in p.parts]
-    no_effect = {"gpu.py", "cli.py", "__main__.py", "report.py"}
+    no_effect = {"gpu.py", "jobs.py", "cli.py", "__main__.py", "report.py"}
     compute = [f for f in files if f[0] not in no_effect]
     report_files = [f for f in files if f[0] == "report.py"]
     return _fingerprint(compute), _fingerprint(report_files)
