@@ -30,15 +30,15 @@ __all__ = ["Architect", "search_step", "frozen_batchnorm_stats"]
 @contextlib.contextmanager
 def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     """Restore every BatchNorm running statistic (mean, var, num_batches_tracked) on exit."""
-    saved = [(buf, buf.detach().clone())
-             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             for buf in m.buffers(recurse=False)]
+    bufs = [buf for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buf in m.buffers(recurse=False)]
+    copies = [buf.detach().clone() for buf in bufs]
     try:
         yield
     finally:
         with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
+            if bufs:
+                torch._foreach_copy_(bufs, copies)
 
 
 def _grad(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -109,35 +109,39 @@ class Architect:
                         lr: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
         weights = self._weights()
         alphas = list(self.model.arch_parameters())
-        backup = [w.detach().clone() for w in weights]
+        with torch.no_grad():
+            backup = [w.detach().clone() for w in weights]
         try:
-            # virtual step w' = w - lr * (momentum * buf + g + wd * w)
+            # virtual step w' = w - lr * (momentum * buf + g + wd * w), with _foreach kernels
+            # over the weights that share (momentum, weight decay, has a buffer)
             grads = _grad(self.loss(x_train, y_train), weights)
+            groups: dict[tuple[float, float, bool], list[tuple]] = {}
+            for w, g, (momentum, wd) in zip(weights, grads, self._hyper(weights)):
+                buf = self.w_optimizer.state.get(w, {}).get("momentum_buffer")
+                groups.setdefault((momentum, wd, buf is not None), []).append((w, g, buf))
             with torch.no_grad():
-                for w, g, (momentum, wd) in zip(weights, grads, self._hyper(weights)):
-                    step = g + wd * w
-                    buf = self.w_optimizer.state.get(w, {}).get("momentum_buffer")
-                    if buf is not None:
-                        step = step + momentum * buf
-                    w.sub_(lr * step)
-            del grads
+                for (momentum, wd, has_buf), items in groups.items():
+                    ws, gs, bufs = (list(t) for t in zip(*items))
+                    step = torch._foreach_add(gs, ws, alpha=wd) if wd else list(gs)
+                    if has_buf:
+                        step = torch._foreach_add(step, bufs, alpha=momentum)
+                    torch._foreach_add_(ws, step, alpha=-lr)
+            del grads, groups
             val_loss = self.loss(x_val, y_val)
             g_all = _grad(val_loss, alphas + weights)
-            d_alpha, v = g_all[:len(alphas)], g_all[len(alphas):]
+            d_alpha, v = list(g_all[:len(alphas)]), list(g_all[len(alphas):])
             # finite-difference Hessian-vector product around the original weights
             eps = 0.01 / torch.linalg.vector_norm(torch.cat([g.flatten() for g in v]))
+            e = float(eps)
             with torch.no_grad():
-                for w, b, g in zip(weights, backup, v):
-                    w.copy_(b + eps * g)
+                torch._foreach_copy_(weights, torch._foreach_add(backup, v, alpha=e))
             g_pos = _grad(self.loss(x_train, y_train), alphas)
             with torch.no_grad():
-                for w, b, g in zip(weights, backup, v):
-                    w.copy_(b - eps * g)
+                torch._foreach_copy_(weights, torch._foreach_add(backup, v, alpha=-e))
             g_neg = _grad(self.loss(x_train, y_train), alphas)
         finally:
             with torch.no_grad():
-                for w, b in zip(weights, backup):
-                    w.copy_(b)
+                torch._foreach_copy_(weights, backup)
         result = [da - lr * (gp - gn) / (2 * eps) for da, gp, gn in zip(d_alpha, g_pos, g_neg)]
         return val_loss, result
 

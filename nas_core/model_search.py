@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas_core.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, create_op
+from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
+                          SepConv, create_op)
 
 __all__ = ["SearchNetwork", "SearchCell", "MixedOp", "pad_to_multiple", "channel_shuffle",
            "num_edges"]
@@ -68,14 +69,95 @@ def _edge_softmax(betas: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, MaxPool2x2)
+
+
+#: Elementwise activations without state whose output on a node can be shared by the edges.
+_SHAREABLE_ACTIVATIONS = (nn.ReLU, nn.Softplus, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh,
+                          nn.Sigmoid)
+
+
+def _activation_tail(op: nn.Module) -> tuple[nn.Module, list[nn.Module]] | None:
+    """``(activation, rest)`` of an op that starts with a stateless, not in-place activation
+    (sep/dil conv, ReLUConvBN, a ``Sequential`` such as conv_7x1_1x7), else None."""
+    if isinstance(op, (ReLUConvBN, SepConv, DilConv)):
+        op = op.op
+    if isinstance(op, nn.Sequential) and len(op) > 1:
+        mods = list(op._modules.values())
+        act = mods[0]
+        if type(act) in _SHAREABLE_ACTIVATIONS and not getattr(act, "inplace", False):
+            return act, mods[1:]
+    return None
+
+
+def _shared_activation(act: nn.Module, x: torch.Tensor, cache: dict) -> torch.Tensor:
+    """``act(x)``, computed once per node and activation (type and settings)."""
+    key = ("act", type(act), act.extra_repr())
+    y = cache.get(key)
+    if y is None:
+        y = cache[key] = act(x)
+    return y
+
+
+def _pool_bn(op: nn.Module) -> tuple[nn.Module, nn.BatchNorm2d] | None:
+    """``(pool, bn)`` of a ``Sequential(pool, BatchNorm2d(affine=False))`` op, else None."""
+    if isinstance(op, nn.Sequential) and len(op) == 2:
+        pool, bn = op._modules.values()
+        if isinstance(pool, _POOLS) and type(bn) is nn.BatchNorm2d and not bn.affine:
+            return pool, bn
+    return None
+
+
+@torch.no_grad()
+def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
+                          var: torch.Tensor) -> None:
+    """Update each module's running statistics as its own train-mode forward would
+    (``_BatchNorm.forward`` + ``F.batch_norm``: its momentum, or the cumulative average when the
+    momentum is None; ``num_batches_tracked`` + 1), from the batch ``mean`` and unbiased ``var``.
+    Modules with a numeric momentum are updated together (three ``_foreach`` kernels)."""
+    counters = [bn.num_batches_tracked for bn in bns if bn.num_batches_tracked is not None]
+    if counters:
+        torch._foreach_add_(counters, 1)
+    by_factor: dict[float, list[nn.BatchNorm2d]] = {}
+    for bn in bns:
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        by_factor.setdefault(float(factor), []).append(bn)
+    for factor, group in by_factor.items():
+        means = [bn.running_mean for bn in group]
+        variances = [bn.running_var for bn in group]
+        torch._foreach_mul_(means, 1.0 - factor)
+        torch._foreach_add_(means, [mean] * len(group), alpha=factor)
+        torch._foreach_mul_(variances, 1.0 - factor)
+        torch._foreach_add_(variances, [var] * len(group), alpha=factor)
+
+
 class MixedOp(nn.Module):
-    """All candidate operations of one edge; ``_ops.{k}`` follows the ``primitives`` order."""
+    """All candidate operations of one edge; ``_ops.{k}`` follows the ``primitives`` order.
+
+    Work shared between the edges that read the same node (``cache``, one dict per node, filled
+    by the first edge that needs an entry; the math is unchanged):
+
+    * ``relu(x)``: every op that starts with a ReLU (sep/dil conv, FactorizedReduce) reads the
+      same rectified tensor; autograd sums the edges' gradients before one ReLU backward.  (Any
+      stateless activation of ``_SHAREABLE_ACTIVATIONS``, keyed by type and settings.)
+    * pooling + ``BatchNorm2d(affine=False)`` in training mode: the pooled, batch-normalised
+      tensor is computed once per (node, primitive, stride); each edge's BatchNorm module still
+      gets its own running-statistics update (its own momentum and ``num_batches_tracked``)
+      from the shared batch mean and unbiased variance.  In eval mode (running statistics of
+      each module) nothing is shared.
+    * the PC-DARTS bypass (max-pooled channels) of stride-2 edges.
+
+    The weighted sum is accumulated in place with ``addcmul_`` (one kernel per op, no
+    temporaries); ``none`` is an exact zero and never evaluated (its alpha still gets its
+    gradient through the softmax).
+    """
 
     def __init__(self, channels: int, stride: int, primitives: Sequence[str],
                  partial_channels: int = 1):
         super().__init__()
         self.stride = stride
         self.partial_channels = partial_channels
+        self.primitives = tuple(primitives)
         c = channels // partial_channels
         self._ops = nn.ModuleList()
         for name in primitives:
@@ -87,25 +169,84 @@ class MixedOp(nn.Module):
         self._active = [k for k, name in enumerate(primitives) if name != "none"]
         self._zero_index = next((k for k, name in enumerate(primitives) if name == "none"), None)
 
-    def _mix(self, x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _op_output(self, k: int, x: torch.Tensor, cache: dict) -> torch.Tensor:
+        op = self._ops[k]
+        if isinstance(op, Identity):
+            return x
+        split = _activation_tail(op)
+        if split is not None:
+            y = _shared_activation(split[0], x, cache)
+            for m in split[1]:
+                y = m(y)
+            return y
+        if (isinstance(op, FactorizedReduce) and type(op.relu) in _SHAREABLE_ACTIVATIONS
+                and not getattr(op.relu, "inplace", False)):
+            r = _shared_activation(op.relu, x, cache)
+            return op.bn(torch.cat([op.conv_1(r), op.conv_2(r[:, :, 1:, 1:])], dim=1))
+        pb = _pool_bn(op)
+        if pb is not None:
+            pool, bn = pb
+            track = bn.track_running_stats and bn.running_mean is not None
+            if bn.training or not track:
+                key = ("pool", self.primitives[k], self.stride, bn.eps)
+                y = cache.get(key)
+                if y is None:
+                    p = pool(x)
+                    if bn.training and track:
+                        # the BN modules of this primitive on every edge that reads x (the
+                        # cell lists them in cache["readers"]); each gets its own update
+                        group = [bn]
+                        for other in cache.get("readers", ()):
+                            if other is not self and other.stride == self.stride:
+                                pb2 = _pool_bn(other._ops[k])
+                                if (pb2 is not None and pb2[1].training
+                                        and pb2[1].running_mean is not None):
+                                    group.append(pb2[1])
+                        with torch.no_grad():
+                            pd = p.detach()
+                            if pd.dtype != bn.running_mean.dtype:
+                                pd = pd.to(bn.running_mean.dtype)
+                            var, mean = torch.var_mean(pd, dim=(0, 2, 3), correction=1)
+                        _update_running_stats(group, mean, var)
+                    y = cache[key] = F.batch_norm(p, None, None, None, None, True, 0.0, bn.eps)
+                return y
+        return op(x)
+
+    def _mix(self, x: torch.Tensor, weights: Sequence[torch.Tensor], cache: dict | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out + sum_k weights[k] * op_k(x)`` (``out`` is updated in place when given)."""
         if not self._active:  # only `none`: keep the graph and the output shape
-            return weights[self._zero_index] * self._ops[self._zero_index](x)
-        out: torch.Tensor | None = None
+            y = weights[self._zero_index] * self._ops[self._zero_index](x)
+            return y if out is None else out.add_(y)
+        if cache is None:
+            cache = {}
         for k in self._active:
-            y = weights[k] * self._ops[k](x)
-            out = y if out is None else out + y
+            y = self._op_output(k, x, cache)
+            if out is None:
+                out = weights[k] * y
+            else:
+                out = out.addcmul_(weights[k], y)
         return out
 
-    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``weights``: the softmaxed alphas of this edge (one per primitive)."""
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor],
+                cache: dict | None = None) -> torch.Tensor:
+        """``weights``: the softmaxed alphas of this edge (one per primitive).
+
+        ``cache``: a dict shared by the edges that read the same ``x`` (see the class doc).
+        """
+        if cache is None:
+            cache = {}
         k = self.partial_channels
         if k == 1:
-            return self._mix(x, weights)
+            return self._mix(x, weights, cache)
         c = x.shape[1] // k
-        mixed = self._mix(x[:, :c], weights)
-        rest = x[:, c:]
+        mixed = self._mix(x[:, :c], weights, cache)
         if self.stride == 2:
-            rest = F.max_pool2d(rest, 2, 2)
+            rest = cache.get("bypass")
+            if rest is None:
+                rest = cache["bypass"] = F.max_pool2d(x[:, c:], 2, 2)
+        else:
+            rest = x[:, c:]
         return channel_shuffle(torch.cat([mixed, rest], dim=1), k)
 
 
@@ -130,22 +271,41 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(MixedOp(c, stride, primitives, partial_channels))
 
+    def _readers(self, j: int) -> list[MixedOp]:
+        """The mixed ops of the edges that read state ``j`` (every later node)."""
+        out, offset = [], 0
+        for i in range(self.steps):
+            if j < 2 + i:
+                out.append(self._ops[offset + j])
+            offset += 2 + i
+        return out
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         """``weights``: edges x ops (softmaxed); ``edge_weights``: one per edge (PC-DARTS) or None."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        # one cache per state, shared by the edges that read it (ReLU, pooling + BN, bypass);
+        # "readers": the mixed ops of those edges (their pooling BNs are updated together)
+        caches: list[dict] = [{"readers": self._readers(j)} for j in range(2)]
         rows = weights.unbind(0)
         edge = edge_weights.unbind(0) if edge_weights is not None else None
         offset = 0
         for _ in range(self.steps):
             s: torch.Tensor | None = None
             for j, h in enumerate(states):
-                y = self._ops[offset + j](h, rows[offset + j].unbind(0))
+                mixed = self._ops[offset + j]
+                w = rows[offset + j].unbind(0)
+                if edge is None and mixed.partial_channels == 1:
+                    s = mixed._mix(h, w, caches[j], s)  # accumulates into s in place
+                    continue
+                y = mixed(h, w, caches[j])
                 if edge is not None:
-                    y = edge[offset + j] * y
-                s = y if s is None else s + y
+                    s = edge[offset + j] * y if s is None else s.addcmul_(edge[offset + j], y)
+                else:
+                    s = y if s is None else s + y
             offset += len(states)
             states.append(s)
+            caches.append({"readers": self._readers(len(states) - 1)})
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
