@@ -131,6 +131,51 @@ def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
         torch._foreach_add_(variances, [var] * len(group), alpha=factor)
 
 
+class _BatchNormFromOutput(torch.autograd.Function):
+    """Batch-statistics normalisation without affine parameters whose backward reads only its
+    output ``y`` and ``invstd`` (``dx = invstd * (dy - mean(dy) - y * mean(dy * y))``), so its
+    input need not be kept: the weighted sum keeps ``y`` anyway.  Forward and backward are
+    ATen's own batch-norm kernels.  Once differentiable (a second derivative raises): code that needs second derivatives
+    through the supernet (``create_graph=True``) sets ``MixedOp.lean_batchnorm = False``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float):  # type: ignore[override]
+        y, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+        ctx.save_for_backward(y, invstd)
+        var = invstd.double().pow(-2).sub(eps).to(invstd.dtype)  # biased batch variance
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor, _dmean, _dvar):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: x is not kept, so refuse loudly
+            raise RuntimeError(
+                "nas_core.model_search: cannot differentiate twice through the lean batch "
+                "normalisation of the supernet; set MixedOp.lean_batchnorm = False first")
+        y, invstd = ctx.saved_tensors
+        # ATen's fused kernel on x_hat = y (mean 0, invstd 1) with invstd as the affine weight:
+        # (dy - mean(dy) - y * mean(dy * y)) * invstd, accumulated as ATen does
+        zero, one = torch.zeros_like(invstd), torch.ones_like(invstd)
+        dx = torch.ops.aten.native_batch_norm_backward(
+            dy, y, invstd, None, None, zero, one, True, 0.0, [True, False, False])[0]
+        return dx, None
+
+
+_LEAN_DTYPES = (torch.float32, torch.float64)
+
+
+def _batch_norm_last(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` for a training-mode ``BatchNorm2d(affine=False)`` whose output feeds only the
+    weighted sum: same values and running-statistics update, without keeping ``x``.  Reduced
+    precision (bf16/fp16 under autocast) takes the plain module: checked in float32/64 only."""
+    if x.dtype not in _LEAN_DTYPES:
+        return bn(x)
+    y, mean, var = _BatchNormFromOutput.apply(x, bn.eps)
+    if bn.track_running_stats and bn.running_mean is not None:
+        n = x.numel() // x.shape[1]
+        _update_running_stats([bn], mean.detach(), var.detach() * (n / max(n - 1, 1)))
+    return y
+
+
 class MixedOp(nn.Module):
     """All candidate operations of one edge; ``_ops.{k}`` follows the ``primitives`` order.
 
@@ -150,7 +195,13 @@ class MixedOp(nn.Module):
     The weighted sum is accumulated in place with ``addcmul_`` (one kernel per op, no
     temporaries); ``none`` is an exact zero and never evaluated (its alpha still gets its
     gradient through the softmax).
+    * the batch normalisation that ends an op (sep/dil conv, pooling, FactorizedReduce) keeps
+      its output instead of its input (``_BatchNormFromOutput``), so the tensor before it is
+      freed; ``lean_batchnorm = False`` restores plain BatchNorm (needed for second derivatives).
     """
+
+    #: keep the output, not the input, of an op's final batch normalisation (training mode)
+    lean_batchnorm: bool = True
 
     def __init__(self, channels: int, stride: int, primitives: Sequence[str],
                  partial_channels: int = 1):
@@ -176,13 +227,27 @@ class MixedOp(nn.Module):
         split = _activation_tail(op)
         if split is not None:
             y = _shared_activation(split[0], x, cache)
+            prev = None
+            last = split[1][-1]
             for m in split[1]:
-                y = m(y)
+                if type(m) is nn.ReLU and type(prev) is nn.BatchNorm2d:
+                    # BatchNorm's backward reads its input, not its output: rectify in place
+                    # (one activation fewer kept per sep_conv; autograd checks the versions)
+                    y = F.relu(y, inplace=True)
+                elif (m is last and self.lean_batchnorm and type(m) is nn.BatchNorm2d
+                      and m.training and not m.affine):
+                    y = _batch_norm_last(m, y)  # the conv output before it is not kept
+                else:
+                    y = m(y)
+                prev = m
             return y
         if (isinstance(op, FactorizedReduce) and type(op.relu) in _SHAREABLE_ACTIVATIONS
                 and not getattr(op.relu, "inplace", False)):
             r = _shared_activation(op.relu, x, cache)
-            return op.bn(torch.cat([op.conv_1(r), op.conv_2(r[:, :, 1:, 1:])], dim=1))
+            y = torch.cat([op.conv_1(r), op.conv_2(r[:, :, 1:, 1:])], dim=1)
+            if self.lean_batchnorm and op.bn.training and not op.bn.affine:
+                return _batch_norm_last(op.bn, y)
+            return op.bn(y)
         pb = _pool_bn(op)
         if pb is not None:
             pool, bn = pb
@@ -208,7 +273,11 @@ class MixedOp(nn.Module):
                                 pd = pd.to(bn.running_mean.dtype)
                             var, mean = torch.var_mean(pd, dim=(0, 2, 3), correction=1)
                         _update_running_stats(group, mean, var)
-                    y = cache[key] = F.batch_norm(p, None, None, None, None, True, 0.0, bn.eps)
+                    if self.lean_batchnorm and p.dtype in _LEAN_DTYPES:  # p is not kept
+                        y = _BatchNormFromOutput.apply(p, bn.eps)[0]
+                    else:
+                        y = F.batch_norm(p, None, None, None, None, True, 0.0, bn.eps)
+                    cache[key] = y
                 return y
         return op(x)
 

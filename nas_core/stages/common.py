@@ -87,7 +87,10 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_channels_last(value: str | bool, device: torch.device) -> bool:
-    """``"auto"`` -> on with CUDA, off on the CPU; booleans as given."""
+    """``"auto"`` -> on with CUDA, off on the CPU; booleans as given.
+
+    On the CPU channels_last is faster (benchmarks/README.md) but opt-in: with torch 2.14.1 a
+    supernet backward on 1x32x80 inputs in channels_last corrupted the heap on the CPU."""
     if value == "auto":
         return device.type == "cuda"
     return bool(value)
