@@ -75,8 +75,9 @@ def twins(order: int, channels_last: bool, device="cpu", channels=8, layers=3, i
         smooth(ref)
         smooth(ours)
     ours = ours.to(device)
-    if channels_last:
+    if channels_last:  # both, so that max-pool ties and kernels' rounding compare like with like
         ours = ours.to(memory_format=torch.channels_last)
+        ref = ref.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(ours.weight_parameters(), LR, momentum=MOMENTUM, weight_decay=WD)
     architect = Architect(ours, F.cross_entropy, w_opt, order=order, arch_lr=3e-4,
                           arch_weight_decay=1e-3)
@@ -100,27 +101,28 @@ def test_gradients_and_steps_match_reference(order: int, channels_last: bool) ->
     # the rounding alone (measured: the reference itself in channels_last differs from the
     # reference contiguous by 1.6e-2 in one weight gradient at 12x12, 3 cells)
     ref, searcher, ours, w_opt, architect = twins(order, channels_last, layers=4)
-    data = batches(6)
+    data = [(fmt(x, channels_last), y) for x, y in batches(6)]
     names = [n for n, _ in ref.named_parameters() if not n.startswith("alphas")]
 
     # weight gradients of the weight step, from identical weights and alphas
     (xt, yt) = data[0]
     g_ref = torch.autograd.grad(searcher.loss(xt, yt), [dict(ref.named_parameters())[n] for n in names])
     ours_params = dict(ours.named_parameters())
-    g_ours = torch.autograd.grad(F.cross_entropy(ours(fmt(xt, channels_last)), yt),
+    g_ours = torch.autograd.grad(F.cross_entropy(ours(xt), yt),
                                  [ours_params[n] for n in names])
     assert_all_close(dict(zip(names, g_ours)), dict(zip(names, g_ref)), 1e-4, "weight gradient")
 
-    # whole search steps: weights within 1e-3 after each.  Order 2 stops after one: its
-    # float32 finite-difference alpha gradient is ill-conditioned (rounding alone moves the
-    # reference's own alphas by ~1e-1 relative in the second step, through Adam's normalised
-    # steps), so the second order's exactness over two steps is checked in float64 below.
+    # one whole search step: weights within 1e-3.  Not two: Adam's first steps move every alpha
+    # by about lr * sign(grad), so alpha-gradient entries at rounding level (and the float32
+    # finite-difference term of order 2) flip with the thread count or the memory format, and
+    # the second step's weights then differ by ~5e-3 between equally correct runs.  Exactness
+    # over two whole steps is checked in float64 below.
     ref_params = dict(ref.named_parameters())
-    for i in range(2 if order == 1 else 1):
+    for i in range(1):
         (xt, yt), (xv, yv) = data[2 * i], data[2 * i + 1]
         ref_loss = searcher.step(xt, yt, xv, yv)
-        loss, _ = search_step(ours, architect, w_opt, (fmt(xt, channels_last), yt),
-                              (fmt(xv, channels_last), yv), LR, 5.0)
+        loss, _ = search_step(ours, architect, w_opt, (xt, yt),
+                              (xv, yv), LR, 5.0)
         assert abs(loss.item() - ref_loss) <= 1e-4 * abs(ref_loss)
         assert_all_close({k: v for k, v in ours.named_parameters() if k in names}, ref_params,
                          1e-3, f"weights after step {i + 1}")
@@ -144,16 +146,17 @@ def test_gradients_and_steps_match_reference(order: int, channels_last: bool) ->
                 v.copy_(ref_params[k])
         searcher.a_opt.zero_grad()
         searcher.loss(xv, yv).backward()
-        architect.step(*data[4], fmt(xv, channels_last), yv, LR)
+        architect.step(*data[4], xv, yv, LR)
         for a, r in zip(ours.arch_parameters(), ref.arch_parameters()):
             assert rel_err(a.grad, r.grad) < 1e-4
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-def test_two_second_order_steps_match_reference_float64(channels_last: bool) -> None:
-    """Two whole second-order steps (momentum buffers in play) in float64: weights and alphas
-    equal the reference's to rounding."""
-    ref, searcher, ours, w_opt, architect = twins(2, channels_last, layers=3)
+@pytest.mark.parametrize("order", [1, 2])
+def test_two_steps_match_reference_float64(order: int, channels_last: bool) -> None:
+    """Two whole search steps (momentum buffers, Adam moments in play) in float64: weights and
+    alphas equal the reference's to rounding."""
+    ref, searcher, ours, w_opt, architect = twins(order, channels_last, layers=3)
     ref.double()
     ours.double()
     data = [(x.double(), y) for x, y in batches(4, shape=(3, 8, 8), batch=4)]
@@ -163,7 +166,7 @@ def test_two_second_order_steps_match_reference_float64(channels_last: bool) -> 
         search_step(ours, architect, w_opt, (fmt(xt, channels_last), yt),
                     (fmt(xv, channels_last), yv), LR, 5.0)
     assert_all_close(dict(ours.named_parameters()), dict(ref.named_parameters()), 1e-8,
-                     "parameters after two float64 second-order steps")
+                     "parameters after two float64 steps")
 
 
 def second_order_alpha_grads(dtype: torch.dtype, channels_last: bool, seed: int,
