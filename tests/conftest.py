@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-#: ``../shared/fixtures/darts`` beside the project root (read in place, never copied).
-DARTS_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "darts"
+from darts_shared import DARTS_FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -12,21 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from darts_shared import load_reference
 from nas_core.architect import Architect, frozen_batchnorm_stats, search_step
 from nas_core.model_search import MixedOp, SearchNetwork
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE = SHARED / "bench" / "reference_darts.py"
-
-
-def load_reference() -> ModuleType:
-    if not REFERENCE.is_file():
-        pytest.skip(f"reference implementation {REFERENCE} is missing (shared folder beside "
-                    f"the project root)")
-    spec = importlib.util.spec_from_file_location("reference_darts", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def batches(n: int, in_channels: int = 3, classes: int = 3, size: int = 8, seed: int = 1):

@@ -9,19 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from darts_shared import Layout, read_layout, state_dict_layout
 from nas_core.genotypes import get_genotype, list_genotypes
 from nas_core.model_eval import AuxiliaryHead, EvalNetwork, count_parameters, drop_path
 
 TINY = dict(channels=4, layers=3)  # reductions at cells 1 and 2, auxiliary head after cell 2
-
-
-def _layout(path: Path) -> list[tuple[str, str]]:
-    return [tuple(line.split("\t")) for line in path.read_text().splitlines()]  # type: ignore[misc]
-
-
-def _shapes(model: nn.Module) -> list[tuple[str, str]]:
-    return [(k, "scalar" if v.dim() == 0 else "x".join(map(str, v.shape)))
-            for k, v in model.state_dict().items()]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +22,8 @@ def darts_v2_cifar() -> EvalNetwork:
 
 
 # -- layout and parameter counts -------------------------------------------------------------
-def test_darts_v2_cifar_layout_and_counts(darts_v2_cifar, darts_fixtures: Path):
-    assert _shapes(darts_v2_cifar) == _layout(darts_fixtures / "darts_v2_cifar_state_dict.tsv")
+def test_darts_v2_cifar_layout_and_counts(darts_v2_cifar):
+    assert state_dict_layout(darts_v2_cifar) == read_layout("darts_v2_cifar_state_dict.tsv")
     assert count_parameters(darts_v2_cifar) == 3_349_342
     assert count_parameters(darts_v2_cifar, exclude_auxiliary=False) == 3_825_768
 
@@ -40,27 +32,27 @@ def test_darts_v2_cifar_layout_and_counts(darts_v2_cifar, darts_fixtures: Path):
     ("fork_mnist_eval_state_dict.tsv", "MNIST", 10, 20, 3_279_358),
     ("fork_graphene_eval_L8_state_dict.tsv", "GRAPHENE", 1, 8, 780_949),
 ])
-def test_fork_layouts_and_counts(darts_fixtures: Path, fixture, genotype, outputs, layers, count):
+def test_fork_layouts_and_counts(fixture, genotype, outputs, layers, count):
     model = EvalNetwork(get_genotype(genotype), 1, 36, outputs, layers, auxiliary=False)
-    assert _shapes(model) == _layout(darts_fixtures / fixture)
+    assert state_dict_layout(model) == read_layout(fixture)
     assert count_parameters(model) == count_parameters(model, exclude_auxiliary=False) == count
 
 
 # -- loading checkpoints ---------------------------------------------------------------------
-def _random_state_dict(layout: list[tuple[str, str]]) -> "OrderedDict[str, torch.Tensor]":
+def _random_state_dict(layout: Layout) -> "OrderedDict[str, torch.Tensor]":
     gen = torch.Generator().manual_seed(0)
     sd: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, shape in layout:
-        if shape == "scalar":
+    for key, dims in layout:
+        if dims == ():  # num_batches_tracked
             sd[key] = torch.tensor(7, dtype=torch.long)
         else:
-            sd[key] = torch.rand(*map(int, shape.split("x")), generator=gen) + 0.5
+            sd[key] = torch.rand(*dims, generator=gen) + 0.5
     return sd
 
 
-def test_fixture_shaped_state_dict_loads_strict(darts_v2_cifar, darts_fixtures: Path,
+def test_fixture_shaped_state_dict_loads_strict(darts_v2_cifar,
                                                 tmp_path: Path):
-    sd = _random_state_dict(_layout(darts_fixtures / "darts_v2_cifar_state_dict.tsv"))
+    sd = _random_state_dict(read_layout("darts_v2_cifar_state_dict.tsv"))
     torch.save(sd, tmp_path / "full.pt")
     old = OrderedDict((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked"))
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in darts_v2_cifar.modules())

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from darts_shared import read_layout, state_dict_layout
 from nas_core.model_search import SearchNetwork, channel_shuffle, pad_to_multiple
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures" / "darts"
-
-
-def read_layout(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """Fixture rows ``key<TAB>AxBxC`` (``scalar`` = shape ()), key cut at the first space."""
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"fixture {path} is missing (the shared folder beside the project)")
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        key, shape = line.split("\t")
-        dims = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
-        rows.append((key.split(" ")[0], dims))
-    return rows
-
-
-def layout(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
 
 
 def tiny(in_channels: int, **kw) -> SearchNetwork:
@@ -46,7 +24,7 @@ def test_state_dict_equals_original_darts_search_network() -> None:
     assert [k for k, _ in expected[-2:]] == ["alphas_normal", "alphas_reduce"]
     torch.manual_seed(0)
     model = SearchNetwork(3, 16, 10, 8)
-    ours = layout(model)
+    ours = state_dict_layout(model)
     # a root module lists its own parameters first: the alphas lead our state dict
     assert ours[:2] == expected[-2:]
     assert ours[2:] == expected[:-2]
@@ -55,7 +33,7 @@ def test_state_dict_equals_original_darts_search_network() -> None:
 def test_state_dict_equals_fork_graphene_search_network() -> None:
     expected = read_layout("fork_graphene_search_state_dict.tsv")
     model = SearchNetwork(1, 16, 1, 8)
-    ours = layout(model)
+    ours = state_dict_layout(model)
     assert ours[:2] == [("alphas_normal", (14, 8)), ("alphas_reduce", (14, 8))]
     assert ours[2:] == expected
 

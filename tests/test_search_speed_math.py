@@ -11,33 +11,16 @@ training and in eval mode.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from darts_shared import load_reference
 import nas_core.model_search as ms
 from nas_core.architect import Architect, search_step
 from nas_core.model_search import MixedOp, SearchNetwork
 
-#: the reference beside the project root, or ``NAS_REFERENCE_DARTS`` (the device check carries a copy)
-REFERENCE = Path(os.environ.get(
-    "NAS_REFERENCE_DARTS",
-    Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "reference_darts.py"))
 LR, MOMENTUM, WD = 0.025, 0.9, 3e-4
-
-
-def load_reference() -> ModuleType:
-    if not REFERENCE.is_file():
-        pytest.skip(f"reference implementation {REFERENCE} is missing")
-    spec = importlib.util.spec_from_file_location("reference_darts_speed", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

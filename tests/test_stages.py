@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from darts_shared import DARTS_FIXTURES, read_layout
 from nas_core.checkpoint import sha256_file
 from nas_core.cli import main as cli_main, resolve_config
 from nas_core.config import SPECS, ConfigError
@@ -23,7 +24,6 @@ from nas_core.stages import StageError, run_genotype, run_search, run_test, run_
 from nas_core.stages.common import KILL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-DARTS_FIXTURES = ROOT.parent / "shared" / "fixtures" / "darts"
 DIGITS = {"name": "digits"}
 
 #: Tiny search: 2 epochs x 3 steps, checkpoint every 2 steps.
@@ -319,16 +319,12 @@ def test_graphene_regression_end_to_end(tmp_path):
 
 
 # -- the authors' DARTS_V2 CIFAR-10 checkpoint layout ---------------------------------------
-def _darts_v2_state_dict(path: Path) -> dict:
+def _darts_v2_state_dict() -> dict:
     gen = torch.Generator().manual_seed(0)
     sd = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        key, shape = line.split("\t")
+    for key, dims in read_layout("darts_v2_cifar_state_dict.tsv"):
         if key.endswith("num_batches_tracked"):  # absent from torch 0.3.1 checkpoints
             continue
-        dims = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
         if key.endswith("running_var"):
             sd[key] = torch.ones(dims)
         elif key.endswith("running_mean"):
@@ -340,14 +336,12 @@ def _darts_v2_state_dict(path: Path) -> dict:
 
 @pytest.fixture
 def darts_v2_cifar(tmp_path):
-    tsv = DARTS_FIXTURES / "darts_v2_cifar_state_dict.tsv"
-    if not tsv.is_file():
-        pytest.skip(f"fixture {tsv} not found")
+    state_dict = _darts_v2_state_dict()
     datafiles = pytest.importorskip("datafiles")
     root = tmp_path / "resources"
     datafiles.write_cifar_batches(root, n_per_batch=2, n_test=6)
     model = tmp_path / "weights.pt"
-    torch.save(_darts_v2_state_dict(tsv), model)
+    torch.save(state_dict, model)
     return root, model
 
 
