@@ -13,23 +13,21 @@ matplotlib runs with the Agg backend (no screen needed); torch is not imported.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from nas_core.fileio import atomic_write_bytes, atomic_write_text
+from nas_core.ops import PRIMITIVES as DEFAULT_PRIMITIVES  # the alphas' column order
+
 log = logging.getLogger(__name__)
 
-#: The DARTS primitives, in the alphas' column order (used when alphas.json is not given).
-DEFAULT_PRIMITIVES = (
-    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
-    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
-)
 MAX_ALPHA_PANELS = 6
 
 
@@ -48,26 +46,14 @@ def _read_json(path: str | os.PathLike) -> Any:
 
 
 def _save(fig, out: str | os.PathLike) -> None:
-    """Save atomically (temporary file in the same folder, then rename)."""
+    """Save atomically (nas_core.fileio), in the format of the file name's suffix."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, out)
+        fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _plt().close(fig)
-
-
-def _write_text(out: str | os.PathLike, text: str) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_bytes(out, buf.getvalue())
 
 
 # -- curves -------------------------------------------------------------------------------
@@ -258,19 +244,14 @@ def _render_dot(source_path: Path, out: Path) -> bool:
     dot = shutil.which("dot")
     if dot is None:
         return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        subprocess.run([dot, "-Tpng", "-Gdpi=110", "-o", tmp, str(source_path)],
-                       check=True, capture_output=True, timeout=120)
-        os.replace(tmp, out)
-        return True
+        png = subprocess.run([dot, "-Tpng", "-Gdpi=110", str(source_path)],
+                             check=True, capture_output=True, timeout=120).stdout
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         log.warning("report: graphviz failed on %s (%s); writing a text rendering", source_path, exc)
         return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(out, png)
+    return True
 
 
 def _text_cell_png(pairs, concat, title: str, dot_path: Path, out: Path) -> None:
@@ -305,7 +286,7 @@ def cell_figures(genotype: str | os.PathLike, normal_out: str | os.PathLike,
         dot_path = Path(dot_out) if dot_out is not None else out.with_suffix(".dot")
         title = f"{name}: {'normal' if cell == 'normal' else 'reduction'} cell"
         pairs, concat = doc[cell], doc[f"{cell}_concat"]
-        _write_text(dot_path, cell_dot(pairs, concat, title))
+        atomic_write_text(dot_path, cell_dot(pairs, concat, title))
         ok = _render_dot(dot_path, out)
         if not ok:
             if shutil.which("dot") is None:
