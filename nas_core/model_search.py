@@ -108,16 +108,24 @@ def _pool_bn(op: nn.Module) -> tuple[nn.Module, nn.BatchNorm2d] | None:
     return None
 
 
+def _tracks(bn: nn.BatchNorm2d) -> bool:
+    return bn.track_running_stats and bn.running_mean is not None
+
+
 @torch.no_grad()
 def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
-                          var: torch.Tensor) -> None:
+                          var: torch.Tensor, counters: list | None = None) -> None:
     """Update each module's running statistics as its own train-mode forward would
     (``_BatchNorm.forward`` + ``F.batch_norm``: its momentum, or the cumulative average when the
     momentum is None; ``num_batches_tracked`` + 1), from the batch ``mean`` and unbiased ``var``.
-    Modules with a numeric momentum are updated together (three ``_foreach`` kernels)."""
-    counters = [bn.num_batches_tracked for bn in bns if bn.num_batches_tracked is not None]
-    if counters:
-        torch._foreach_add_(counters, 1)
+    Modules with a numeric momentum are updated together (``_foreach`` kernels); their counters
+    go to ``counters`` when given (the cell adds 1 to all of them at once)."""
+    deferred = counters is not None and all(bn.momentum is not None for bn in bns)
+    tracked = [bn.num_batches_tracked for bn in bns if bn.num_batches_tracked is not None]
+    if deferred:
+        counters.extend(tracked)
+    elif tracked:
+        torch._foreach_add_(tracked, 1)
     by_factor: dict[float, list[nn.BatchNorm2d]] = {}
     for bn in bns:
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
@@ -131,22 +139,52 @@ def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
         torch._foreach_add_(variances, [var] * len(group), alpha=factor)
 
 
+def _momentum(bn: nn.BatchNorm2d, counters: list | None) -> float:
+    """The running-average factor of a train-mode forward of ``bn``, counting the batch: its
+    momentum (the counter goes to ``counters`` when given, else is incremented now), or
+    ``1 / num_batches_tracked`` after the increment when the momentum is None (as the module)."""
+    if bn.num_batches_tracked is not None:
+        if bn.momentum is not None and counters is not None:
+            counters.append(bn.num_batches_tracked)
+        else:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+    if bn.momentum is None:
+        return 1.0 / float(bn.num_batches_tracked)
+    return bn.momentum
+
+
+#: (channels, dtype, device) -> (zeros, ones): constants of the lean BatchNorm's backward
+_ZERO_ONE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _zero_one(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (like.shape[0], like.dtype, like.device)
+    pair = _ZERO_ONE.get(key)
+    if pair is None:
+        pair = _ZERO_ONE[key] = (torch.zeros_like(like), torch.ones_like(like))
+    return pair
+
+
 class _BatchNormFromOutput(torch.autograd.Function):
     """Batch-statistics normalisation without affine parameters whose backward reads only its
     output ``y`` and ``invstd`` (``dx = invstd * (dy - mean(dy) - y * mean(dy * y))``), so its
     input need not be kept: the weighted sum keeps ``y`` anyway.  Forward and backward are
-    ATen's own batch-norm kernels.  Once differentiable (a second derivative raises): code that needs second derivatives
-    through the supernet (``create_graph=True``) sets ``MixedOp.lean_batchnorm = False``."""
+    ATen's own batch-norm kernels; the forward also updates the running statistics when they
+    are given (in the same kernel, as ``F.batch_norm``).  Once differentiable (a second
+    derivative raises): code that needs second derivatives through the supernet
+    (``create_graph=True``) sets ``MixedOp.lean_batchnorm = False``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float):  # type: ignore[override]
-        y, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+    def forward(ctx, x: torch.Tensor, running_mean: torch.Tensor | None,  # type: ignore[override]
+                running_var: torch.Tensor | None, momentum: float, eps: float) -> torch.Tensor:
+        y, _, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var, True,
+                                               momentum, eps)
         ctx.save_for_backward(y, invstd)
-        var = invstd.double().pow(-2).sub(eps).to(invstd.dtype)  # biased batch variance
-        return y, mean, var
+        return y
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor, _dmean, _dvar):  # type: ignore[override]
+    def backward(ctx, dy: torch.Tensor):  # type: ignore[override]
         if torch.is_grad_enabled():  # create_graph=True: x is not kept, so refuse loudly
             raise RuntimeError(
                 "nas_core.model_search: cannot differentiate twice through the lean batch "
@@ -154,26 +192,101 @@ class _BatchNormFromOutput(torch.autograd.Function):
         y, invstd = ctx.saved_tensors
         # ATen's fused kernel on x_hat = y (mean 0, invstd 1) with invstd as the affine weight:
         # (dy - mean(dy) - y * mean(dy * y)) * invstd, accumulated as ATen does
-        zero, one = torch.zeros_like(invstd), torch.ones_like(invstd)
+        zero, one = _zero_one(invstd)
         dx = torch.ops.aten.native_batch_norm_backward(
             dy, y, invstd, None, None, zero, one, True, 0.0, [True, False, False])[0]
-        return dx, None
+        return dx, None, None, None, None
 
 
 _LEAN_DTYPES = (torch.float32, torch.float64)
 
 
-def _batch_norm_last(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, counters: list | None = None) -> torch.Tensor:
+    """``bn(x)`` for a training-mode BatchNorm of the supernet: one kernel (its counter goes to
+    ``counters`` when given, see ``_momentum``)."""
+    if not (bn.training and _tracks(bn)):
+        return bn(x)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True,
+                        _momentum(bn, counters), bn.eps)
+
+
+def _batch_norm_last(bn: nn.BatchNorm2d, x: torch.Tensor,
+                     counters: list | None = None) -> torch.Tensor:
     """``bn(x)`` for a training-mode ``BatchNorm2d(affine=False)`` whose output feeds only the
     weighted sum: same values and running-statistics update, without keeping ``x``.  Reduced
-    precision (bf16/fp16 under autocast) takes the plain module: checked in float32/64 only."""
+    precision (bf16/fp16 under autocast) takes the plain path: checked in float32/64 only."""
     if x.dtype not in _LEAN_DTYPES:
-        return bn(x)
-    y, mean, var = _BatchNormFromOutput.apply(x, bn.eps)
-    if bn.track_running_stats and bn.running_mean is not None:
-        n = x.numel() // x.shape[1]
-        _update_running_stats([bn], mean.detach(), var.detach() * (n / max(n - 1, 1)))
-    return y
+        return _batch_norm(bn, x, counters)
+    if not _tracks(bn):
+        return _BatchNormFromOutput.apply(x, None, None, 0.0, bn.eps)
+    return _BatchNormFromOutput.apply(x, bn.running_mean, bn.running_var,
+                                      _momentum(bn, counters), bn.eps)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of a dense tensor in memory order (contiguous or channels_last), else None."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t.as_strided((t.numel(),), (1,))
+    return None
+
+
+def _dot(a: torch.Tensor, flat_a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum()``; one kernel and no temporary when ``a`` (flattened: ``flat_a``) and
+    ``b`` have the same dense layout."""
+    if flat_a is not None and a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride():
+        flat_b = _flat(b)
+        if flat_b is not None:
+            return torch.dot(flat_a, flat_b)
+    return (a * b).sum()
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``sum_i w.flatten()[slots[i]] * ys[i]`` over the op outputs of every edge entering one
+    node (``w``: those edges' rows of softmax(alpha)).  One graph node instead of one
+    ``addcmul`` per term: the forward accumulates in place; the backward is ``grad * w`` per
+    output and one dot product per weight (autograd's ``addcmul`` backward would spend four
+    multiplications and a sum, with temporaries, per term)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, slots: tuple[int, ...],  # type: ignore[override]
+                *ys: torch.Tensor) -> torch.Tensor:
+        ws = w.reshape(-1).unbind(0)
+        out = ys[0] * ws[slots[0]]
+        for slot, y in zip(slots[1:], ys[1:]):
+            out.addcmul_(ws[slot], y)
+        ctx.slots = slots
+        ctx.save_for_backward(w, *ys)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        w, *ys = ctx.saved_tensors
+        slots = ctx.slots
+        # the cell's concatenation hands a strided slice: one copy in the outputs' layout lets
+        # every dot product below read both operands as flat vectors
+        fmt = (torch.channels_last if grad.dim() == 4 and not ys[0].is_contiguous()
+               and ys[0].is_contiguous(memory_format=torch.channels_last)
+               else torch.contiguous_format)
+        grad = grad.contiguous(memory_format=fmt)
+        grad_ys: list[torch.Tensor | None] = [None] * len(ys)
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            dots: list[torch.Tensor | None] = [None] * w.numel()
+            flat = _flat(grad)
+            for slot, y in zip(slots, ys):
+                dots[slot] = _dot(grad, flat, y)
+            zero = None
+            for i, d in enumerate(dots):  # `none` ops and absent terms: exactly zero
+                if d is None:
+                    if zero is None:
+                        zero = grad.new_zeros(())
+                    dots[i] = zero
+            grad_w = torch.stack(dots).to(w.dtype).view(w.shape)
+        ws = w.reshape(-1).unbind(0)
+        for i, (slot, y) in enumerate(zip(slots, ys)):
+            if ctx.needs_input_grad[2 + i]:
+                grad_ys[i] = grad * ws[slot].to(grad.dtype)
+        return (grad_w, None, *grad_ys)
 
 
 class MixedOp(nn.Module):
@@ -224,6 +337,7 @@ class MixedOp(nn.Module):
         op = self._ops[k]
         if isinstance(op, Identity):
             return x
+        counters = cache.get("counters")
         split = _activation_tail(op)
         if split is not None:
             y = _shared_activation(split[0], x, cache)
@@ -236,7 +350,9 @@ class MixedOp(nn.Module):
                     y = F.relu(y, inplace=True)
                 elif (m is last and self.lean_batchnorm and type(m) is nn.BatchNorm2d
                       and m.training and not m.affine):
-                    y = _batch_norm_last(m, y)  # the conv output before it is not kept
+                    y = _batch_norm_last(m, y, counters)  # the conv output is not kept
+                elif type(m) is nn.BatchNorm2d:
+                    y = _batch_norm(m, y, counters)
                 else:
                     y = m(y)
                 prev = m
@@ -246,12 +362,12 @@ class MixedOp(nn.Module):
             r = _shared_activation(op.relu, x, cache)
             y = torch.cat([op.conv_1(r), op.conv_2(r[:, :, 1:, 1:])], dim=1)
             if self.lean_batchnorm and op.bn.training and not op.bn.affine:
-                return _batch_norm_last(op.bn, y)
-            return op.bn(y)
+                return _batch_norm_last(op.bn, y, counters)
+            return _batch_norm(op.bn, y, counters)
         pb = _pool_bn(op)
         if pb is not None:
             pool, bn = pb
-            track = bn.track_running_stats and bn.running_mean is not None
+            track = _tracks(bn)
             if bn.training or not track:
                 key = ("pool", self.primitives[k], self.stride, bn.eps)
                 y = cache.get(key)
@@ -264,17 +380,16 @@ class MixedOp(nn.Module):
                         for other in cache.get("readers", ()):
                             if other is not self and other.stride == self.stride:
                                 pb2 = _pool_bn(other._ops[k])
-                                if (pb2 is not None and pb2[1].training
-                                        and pb2[1].running_mean is not None):
+                                if pb2 is not None and pb2[1].training and _tracks(pb2[1]):
                                     group.append(pb2[1])
                         with torch.no_grad():
                             pd = p.detach()
                             if pd.dtype != bn.running_mean.dtype:
                                 pd = pd.to(bn.running_mean.dtype)
                             var, mean = torch.var_mean(pd, dim=(0, 2, 3), correction=1)
-                        _update_running_stats(group, mean, var)
+                        _update_running_stats(group, mean, var, counters)
                     if self.lean_batchnorm and p.dtype in _LEAN_DTYPES:  # p is not kept
-                        y = _BatchNormFromOutput.apply(p, bn.eps)[0]
+                        y = _BatchNormFromOutput.apply(p, None, None, 0.0, bn.eps)
                     else:
                         y = F.batch_norm(p, None, None, None, None, True, 0.0, bn.eps)
                     cache[key] = y
@@ -320,7 +435,16 @@ class MixedOp(nn.Module):
 
 
 class SearchCell(nn.Module):
-    """A normal or reduction cell of the supernet (original ``model_search.Cell``)."""
+    """A normal or reduction cell of the supernet (original ``model_search.Cell``).
+
+    In plain DARTS mode each node's weighted sum over all op outputs of its incoming edges is
+    one ``_WeightedSum`` (``fuse_node_sums``; off: one in-place ``addcmul_`` per term), and the
+    ``num_batches_tracked`` counters of the BatchNorms that ran are incremented together at the
+    end of the forward (modules with ``momentum=None`` at once, as their average needs them).
+    """
+
+    #: sum each node with one _WeightedSum (plain DARTS mode)
+    fuse_node_sums: bool = True
 
     def __init__(self, steps: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
                  reduction: bool, reduction_prev: bool, primitives: Sequence[str],
@@ -339,6 +463,8 @@ class SearchCell(nn.Module):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(MixedOp(c, stride, primitives, partial_channels))
+        # plain DARTS: the node sums go through one _WeightedSum each
+        self._fused = all(m.partial_channels == 1 and m._active for m in self._ops)
 
     def _readers(self, j: int) -> list[MixedOp]:
         """The mixed ops of the edges that read state ``j`` (every later node)."""
@@ -355,12 +481,30 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         # one cache per state, shared by the edges that read it (ReLU, pooling + BN, bypass);
         # "readers": the mixed ops of those edges (their pooling BNs are updated together)
-        caches: list[dict] = [{"readers": self._readers(j)} for j in range(2)]
-        rows = weights.unbind(0)
+        # "counters": num_batches_tracked of the BatchNorms run in training mode, + 1 at the end
+        counters: list[torch.Tensor] = []
+        caches: list[dict] = [{"readers": self._readers(j), "counters": counters}
+                              for j in range(2)]
+        fused = self.fuse_node_sums and edge_weights is None and self._fused
+        rows = None if fused else weights.unbind(0)
         edge = edge_weights.unbind(0) if edge_weights is not None else None
+        n_ops = weights.shape[1]
         offset = 0
         for _ in range(self.steps):
-            s: torch.Tensor | None = None
+            if fused:  # every op output of every incoming edge, summed by one graph node
+                ys, slots = [], []
+                for j, h in enumerate(states):
+                    mixed = self._ops[offset + j]
+                    for k in mixed._active:
+                        ys.append(mixed._op_output(k, h, caches[j]))
+                        slots.append(j * n_ops + k)
+                s = _WeightedSum.apply(weights[offset:offset + len(states)], tuple(slots), *ys)
+                offset += len(states)
+                states.append(s)
+                caches.append({"readers": self._readers(len(states) - 1),
+                               "counters": counters})
+                continue
+            s = None
             for j, h in enumerate(states):
                 mixed = self._ops[offset + j]
                 w = rows[offset + j].unbind(0)
@@ -374,7 +518,10 @@ class SearchCell(nn.Module):
                     s = y if s is None else s + y
             offset += len(states)
             states.append(s)
-            caches.append({"readers": self._readers(len(states) - 1)})
+            caches.append({"readers": self._readers(len(states) - 1), "counters": counters})
+        if counters:
+            with torch.no_grad():
+                torch._foreach_add_(counters, 1)
         return torch.cat(states[-self.multiplier:], dim=1)
 
 

@@ -216,6 +216,7 @@ def test_first_order_bn_statistics_and_eval_output_match_reference() -> None:
 # -- sharing between edges changes nothing ------------------------------------------------------
 def _no_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
     original = ms.MixedOp._op_output
+    monkeypatch.setattr(ms.SearchCell, "fuse_node_sums", False)
     monkeypatch.setattr(ms.MixedOp, "_op_output",
                         lambda self, k, x, cache: original(self, k, x, {}))
     monkeypatch.setattr(ms.MixedOp, "forward",
@@ -369,3 +370,33 @@ def test_lean_batchnorm_refuses_second_derivatives(monkeypatch) -> None:
         hessian_term()  # silently wrong second derivatives are impossible
     monkeypatch.setattr(MixedOp, "lean_batchnorm", False)
     assert all(torch.isfinite(t).all() for t in hessian_term())
+
+
+# -- one graph node per node sum ---------------------------------------------------------------
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_weighted_sum_equals_sum_of_products(channels_last: bool) -> None:
+    """Values and gradients of ``_WeightedSum`` equal ``sum w[slot] * y`` under plain autograd,
+    with the output's gradient arriving as a strided slice (the cell's concatenation), slots
+    left out (``none`` ops: exactly zero gradient) and mixed layouts; twice differentiable."""
+    torch.manual_seed(0)
+    w = torch.randn(2, 4, dtype=torch.float64).softmax(-1).requires_grad_()
+    slots = (0, 1, 3, 5, 6)
+    ys = [fmt(torch.randn(3, 4, 5, 5, dtype=torch.float64), channels_last and i != 2)
+          .requires_grad_() for i in range(len(slots))]
+    other = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    probe = torch.randn(3, 6, 5, 5, dtype=torch.float64)
+
+    def loss(out: torch.Tensor) -> torch.Tensor:
+        return (torch.cat([out, other], dim=1) * probe).sum()
+
+    fused = ms._WeightedSum.apply(w, slots, *ys)
+    plain = sum(w.reshape(-1)[s] * y for s, y in zip(slots, ys))
+    torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-14)
+    g_fused = torch.autograd.grad(loss(fused), [w, *ys])
+    g_plain = torch.autograd.grad(loss(plain), [w, *ys])
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert g_fused[0].reshape(-1)[[2, 4, 7]].eq(0).all()
+    small = [y[:2, :2, :3, :3].detach().clone().requires_grad_() for y in ys]
+    assert torch.autograd.gradgradcheck(lambda w_, *ys_: ms._WeightedSum.apply(w_, slots, *ys_),
+                                        (w, *small))
