@@ -9,6 +9,8 @@ Peak memory: on the CPU the process RSS only grows, so each implementation runs 
 fresh child process (``--child``) that prints its peak RSS (VmHWM) after the steps, and the
 increase over its RSS after imports and data (the fairer figure); on CUDA
 ``torch.cuda.max_memory_allocated`` around one step (reset in between; both models resident).
+ops/step: the ATen operators one extra, untimed step dispatches (``--no-ops`` skips it); where
+launches and Python bound the step (a GPU at batch 64) time follows that count.
 
     python benchmarks/search_step.py --quick                 # CPU target configurations
     python benchmarks/search_step.py                         # --preset cpu, every configuration
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from nas_core.architect import Architect, search_step  # noqa: E402
 from nas_core.model_search import SearchNetwork  # noqa: E402
@@ -152,6 +155,26 @@ def timed(impl, data, device) -> tuple[float, float | None]:
     return dt, peak
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the ATen operators dispatched while active (forward, backward and optimizers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(impl, data) -> int:
+    """ATen operators of one (extra, untimed) step: where kernel launches and Python bound the
+    step (a GPU at small batches), time follows this count rather than the arithmetic."""
+    with _CountOps() as mode:
+        impl.step(data)
+    return mode.count
+
+
 def proc_status_mb(field: str) -> float:
     """``VmRSS`` / ``VmHWM`` of this process (MiB).  ``VmHWM`` belongs to the address space,
     which ``exec`` replaces; ``ru_maxrss`` would carry the parent's peak over into a child."""
@@ -215,10 +238,14 @@ def measure(args, ref_mod, cfg: Config, ours_variants: list[Config]) -> list[dic
             m = child_memory(args, variant, "reference" if impl is ref else "ours")
             row["peak_mb"] = m["peak_rss_mb"]
             row["peak_increase_mb"] = m["peak_rss_mb"] - m["baseline_rss_mb"]
+        if args.ops:
+            row["ops"] = count_ops(impl, data)
         rows.append(row)
     base = rows[0]
     for row in rows:
         row["speedup"] = row["images_s"] / base["images_s"]
+        if "ops" in row:
+            row["ops_ratio"] = row["ops"] / base["ops"]
         if "peak_mb" in row:
             row["mem_ratio"] = row["peak_mb"] / base["peak_mb"]
             row["mem_increase_ratio"] = row["peak_increase_mb"] / max(base["peak_increase_mb"], 1e-9)
@@ -314,13 +341,19 @@ def configurations(args) -> list[tuple[Config, list[Config]]]:
 
 def print_table(rows: list[dict]) -> None:
     mem = any("peak_mb" in r for r in rows)
+    ops = any("ops" in r for r in rows)
     head = f"{'configuration':<44} {'implementation':<26} {'s/step':>8} {'img/s':>8} {'x ref':>6}"
+    if ops:
+        head += f" {'ops/step':>9} {'x ref':>6}"
     if mem:
         head += f" {'peak MiB':>9} {'x ref':>6} {'+MiB':>8} {'x ref':>6}"
     print(head)
     for r in rows:
         line = (f"{r['config']:<44} {r['impl']:<26} {r['step_s']:8.3f} {r['images_s']:8.1f} "
                 f"{r['speedup']:6.2f}")
+        if ops:
+            line += (f" {r['ops']:9d} {r['ops_ratio']:6.2f}" if "ops" in r
+                     else f" {'':>9} {'':>6}")
         if "peak_mb" in r:
             line += (f" {r['peak_mb']:9.0f} {r['mem_ratio']:6.2f} {r['peak_increase_mb']:8.0f} "
                      f"{r['mem_increase_ratio']:6.2f}")
@@ -346,6 +379,8 @@ def main() -> None:
                    help="ours: auto = bf16 on CUDA, off on the CPU (the reference: float32)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="CPU: skip the child processes that measure peak RSS")
+    p.add_argument("--no-ops", dest="ops", action="store_false",
+                   help="skip counting the ATen operators of one extra step per implementation")
     p.add_argument("--child-steps", type=int, default=2)
     p.add_argument("--largest-batch", default="",
                    help="gpu: comma-separated candidate batches; also time ours (order 1) at the "
