@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared device check (installs nothing): the CUDA tests, then the benchmark's gpu preset
-# (paper's search network, 3x32x32, C=16, 8 cells: batch 64 first and second order, and each
-# implementation at the largest candidate batch it fits), ours in bf16 autocast + channels_last
-# against the reference in float32 on the same GPU in the same call.
+# (paper's search network, 3x32x32, C=16, 8 cells: batch 64 first and second order, first order
+# also replayed as a CUDA graph, and each implementation at the largest candidate batch it
+# fits), ours in bf16 autocast + channels_last against the reference in float32 on the same GPU
+# in the same call.
 #
 #   bash benchmarks/gpu_check.sh            # REF=path/to/reference_darts.py (default .bench_ref/)
 #
@@ -18,7 +19,8 @@ export NAS_REFERENCE_DARTS="$PWD/$REF"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'cudnn', torch.backends.cudnn.version())"
 echo "== CUDA tests"
-timeout ${TEST_TIMEOUT:-90} $PY -m pytest -q -p no:cacheprovider tests/test_search_speed_math.py -k cuda -rf --tb=short 2>&1 | tail -40
+timeout ${TEST_TIMEOUT:-150} $PY -m pytest -q -p no:cacheprovider tests/test_search_speed_math.py \
+    tests/test_graphs.py tests/test_model_eval.py -k "cuda or graphs" -rf --tb=short 2>&1 | tail -40
 echo "== benchmark, gpu preset"
 timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/search_step.py --preset gpu --reference "$REF" \
     --steps ${STEPS:-5} --warmup 2 --no-partial --largest-batch ${BATCHES:-64,256,512,1024} \

@@ -43,6 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from nas_core.architect import Architect, search_step  # noqa: E402
+from nas_core.graphs import GraphedSearchStep  # noqa: E402
 from nas_core.model_search import SearchNetwork  # noqa: E402
 
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "bench" / "reference_darts.py"
@@ -59,6 +60,7 @@ class Config:
     partial: int = 1          # K of PC-DARTS (ours only; the reference is plain DARTS)
     channels_last: bool = False  # ours
     amp: str = "off"          # ours: "off" | "bf16"
+    graphs: bool = False      # ours: the step replayed as a CUDA graph (order 1, CUDA)
 
     def label(self) -> str:
         c, h, w = self.shape
@@ -71,6 +73,8 @@ class Config:
         parts = ["channels_last" if self.channels_last else "contiguous"]
         if self.amp != "off":
             parts.append(self.amp)
+        if self.graphs:
+            parts.append("cuda graph")
         return "ours(" + ",".join(parts) + ")"
 
 
@@ -121,12 +125,20 @@ class Ours:
         self.architect = Architect(model, F.cross_entropy, self.w_opt, order=cfg.order,
                                    arch_lr=ARCH_LR, arch_weight_decay=ARCH_WD)
         self.device = device
+        self.graphed = None
+        if cfg.graphs:  # the first call runs eagerly, the second captures (both warm-up)
+            self.graphed = GraphedSearchStep(model, self.architect, self.w_opt, CLIP,
+                                             torch.bfloat16 if cfg.amp == "bf16" else None,
+                                             warmup=1)
 
     def step(self, data):
         (xt, yt), (xv, yv) = data
         if self.cfg.channels_last:
             xt = xt.contiguous(memory_format=torch.channels_last)
             xv = xv.contiguous(memory_format=torch.channels_last)
+        if self.graphed is not None:
+            self.graphed((xt, yt), (xv, yv), LR)
+            return
         ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp == "bf16"
                else contextlib.nullcontext())
         with ctx:
@@ -331,7 +343,10 @@ def configurations(args) -> list[tuple[Config, list[Config]]]:
         for c, layers, batch in nets:
             for order in orders:
                 cfg = Config(shape, c, layers, batch, order)
-                out.append((cfg, [replace(cfg, channels_last=cl, amp=amp) for cl in cls]))
+                variants = [replace(cfg, channels_last=cl, amp=amp) for cl in cls]
+                if args.graphs and cuda and order == 1:
+                    variants += [replace(v, graphs=True) for v in variants]
+                out.append((cfg, variants))
     if not args.no_partial:  # PC-DARTS, reported separately (a different algorithm)
         shape, (c, layers, batch) = shapes[0], nets[0]
         cfg = Config(shape, c, layers, batch, 1)
@@ -377,6 +392,8 @@ def main() -> None:
                    help="ours: auto = on for CUDA (default on CUDA); cpu default: both")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                    help="ours: auto = bf16 on CUDA, off on the CPU (the reference: float32)")
+    p.add_argument("--no-graphs", dest="graphs", action="store_false",
+                   help="CUDA, order 1: skip the rows of ours replayed as a CUDA graph")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="CPU: skip the child processes that measure peak RSS")
     p.add_argument("--no-ops", dest="ops", action="store_false",
@@ -399,6 +416,8 @@ def main() -> None:
     if args.channels_last is None:
         args.channels_last = "auto" if args.device.startswith("cuda") else "both"
     device = torch.device(args.device)
+    if args.graphs and device.type == "cuda":
+        args.warmup = max(args.warmup, 2)  # graphed rows: one eager step, then the capture
     ref_mod = load_reference(Path(args.reference))
     print(f"torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from nas_core import __version__
 from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
-from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
+from nas_core.config import NON_RESULT_KEYS, ConfigError, validate_stage_cfg
 from nas_core.stages.genotype import ALPHAS_FORMAT
 from nas_core.stages.common import (Checkpointer, Meter, SeededDataset, Timer, autocast,
                                     determinism, epoch_batches, format_metrics, kill_step,
@@ -124,6 +124,7 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     """
     from nas_core.architect import Architect, search_step
     from nas_core.data import load_data, split_indices
+    from nas_core.graphs import GraphedSearchStep
     from nas_core.model_search import SearchNetwork
 
     out_dir = Path(out_dir)
@@ -131,6 +132,8 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     remove_files(list(paths.values()))  # first: a failing run leaves no old outputs behind
     cfg = validate_stage_cfg("search", cfg)
     dev = resolve_device(device)
+    if cfg["cuda_graphs"] and dev.type != "cuda":
+        raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on {dev}")
     amp_dtype = resolve_amp(cfg["amp"], dev)
     channels_last = resolve_channels_last(cfg["channels_last"], dev)
 
@@ -181,6 +184,12 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
             partial_seconds = float(ckpt["epoch_seconds"])
             resumed_from = [start_epoch, start_step]
         del ckpt
+        graphed = None
+        if cfg["cuda_graphs"]:  # after the restore: the arch optimizer's state is final
+            try:
+                graphed = GraphedSearchStep(model, architect, w_opt, cfg["grad_clip"], amp_dtype)
+            except ValueError as e:
+                raise ConfigError(f"search.{e}") from None
 
         def checkpoint(epoch: int, step: int, seconds: float) -> None:
             checkpointer.save(epoch, step, meter=meter.state(), history=history,
@@ -210,9 +219,12 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
                 for step, (bw, ba) in enumerate(zip(w_loader, a_loader), start=step0):
                     xw, yw = to_device(*bw, dev, channels_last)
                     xa, ya = to_device(*ba, dev, channels_last)
-                    with autocast(dev, amp_dtype):
-                        loss, out = search_step(model, architect, w_opt, (xw, yw), (xa, ya),
-                                                lr, cfg["grad_clip"])
+                    if graphed is not None:
+                        loss, out = graphed((xw, yw), (xa, ya), lr)
+                    else:
+                        with autocast(dev, amp_dtype):
+                            loss, out = search_step(model, architect, w_opt, (xw, yw),
+                                                    (xa, ya), lr, cfg["grad_clip"])
                     meter.update(loss, out.float() if task == "classification"
                                  else out.squeeze(-1).float(), yw)
                     bar.update(1)

@@ -1,0 +1,144 @@
+"""A first-order DARTS search step captured once as a CUDA graph and replayed (opt-in).
+
+At the paper's batch of 64 a search step on a modern GPU is bound by the CPU: tens of
+thousands of small kernels, each launched by Python and the autograd engine.  Replaying the
+whole step (alpha step, weight forward and backward, clipping, SGD and Adam) as one CUDA graph
+launches it with one call.  The math is the eager step's: the same kernels in the same order
+on the same tensors.
+
+Constraints (checked when the object is built, with a one-line error):
+
+* CUDA only, first order (the second-order step reads its finite-difference epsilon on the
+  host), every BatchNorm with a numeric momentum (``momentum=None`` reads its counter on the
+  host);
+* the arch optimizer is switched to ``capturable=True`` (Adam keeps its step count on the GPU;
+  the same update);
+* the weight learning rate is baked into the graph: a new ``lr`` (the next epoch of the
+  cosine schedule) captures the step again, once per epoch;
+* a batch of another shape, dtype or layout than the captured one (an epoch's last, smaller
+  batch) runs eagerly; the first ``warmup`` calls run eagerly on a side stream (cuDNN picks its
+  algorithms, the optimizers create their state).
+
+The returned loss and logits are the graph's static outputs: read them before the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import torch
+import torch.nn as nn
+
+from nas_core.architect import Architect, search_step
+
+__all__ = ["GraphedSearchStep"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _signature(*tensors: torch.Tensor) -> tuple:
+    return tuple((t.shape, t.dtype, t.device, t.stride()) for t in tensors)
+
+
+class GraphedSearchStep:
+    """``step(batch_train, batch_val, lr) -> (loss, logits)``, like
+    :func:`nas_core.architect.search_step` with this object's ``grad_clip`` and autocast dtype.
+
+    ``graph_steps`` / ``eager_steps`` count how the calls ran.
+    """
+
+    def __init__(self, model: nn.Module, architect: Architect,
+                 w_optimizer: torch.optim.Optimizer, grad_clip: float | None,
+                 amp_dtype: torch.dtype | None = None, warmup: int = 3):
+        if architect.order != 1:
+            raise ValueError(f"cuda_graphs: needs the first-order search (order 1), got order "
+                             f"{architect.order}")
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None:
+                raise ValueError(f"cuda_graphs: BatchNorm {name!r} has momentum=None (its "
+                                 f"cumulative average is computed on the host)")
+        if warmup < 1:
+            raise ValueError(f"cuda_graphs: warmup must be >= 1, got {warmup}")
+        params = list(model.parameters())
+        if not params or not all(p.is_cuda for p in params):
+            device = params[0].device if params else None
+            raise ValueError(f"cuda_graphs: needs the model on a CUDA device, got {device}")
+        self.model = model
+        self.architect = architect
+        self.w_optimizer = w_optimizer
+        self.grad_clip = grad_clip
+        self.amp_dtype = amp_dtype
+        self.warmup = warmup
+        _make_capturable(architect.arch_optimizer)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._key: tuple | None = None
+        self._batch: tuple | None = None  # signature of the first batch: the one captured
+        self._inputs: list[torch.Tensor] = []
+        self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._side = torch.cuda.Stream(device=params[0].device)
+        self.graph_steps = 0
+        self.eager_steps = 0
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        # cached casts of the weights would be baked into the graph stale: no cache
+        return torch.autocast("cuda", dtype=self.amp_dtype, cache_enabled=False)
+
+    def _eager(self, batch_train: Batch, batch_val: Batch, lr: float):
+        self.eager_steps += 1
+        with self._autocast():
+            return search_step(self.model, self.architect, self.w_optimizer, batch_train,
+                               batch_val, lr, self.grad_clip)
+
+    def _capture(self, batch_train: Batch, batch_val: Batch, lr: float) -> None:
+        self._graph = self._outputs = None  # the old graph's memory goes back first
+        self._inputs = [t.detach().clone() for t in (*batch_train, *batch_val)]
+        xt, yt, xv, yv = self._inputs
+        # the gradients the graph writes are allocated inside it (static addresses)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        self.architect.arch_optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            with self._autocast():
+                self._outputs = search_step(self.model, self.architect, self.w_optimizer,
+                                            (xt, yt), (xv, yv), lr, self.grad_clip)
+        self._graph = graph
+
+    def __call__(self, batch_train: Batch, batch_val: Batch,
+                 lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = (*batch_train, *batch_val)
+        signature = _signature(*tensors)
+        if self._batch is None:
+            self._batch = signature
+        if self.eager_steps + self.graph_steps < self.warmup:
+            # warm-up on a side stream (no lazy initialisation may happen during capture)
+            self._side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._side):
+                out = self._eager(batch_train, batch_val, lr)
+            torch.cuda.current_stream().wait_stream(self._side)
+            return out
+        if signature != self._batch:  # an epoch's last, smaller batch
+            return self._eager(batch_train, batch_val, lr)
+        key = (signature, float(lr))
+        if self._graph is None or key != self._key:
+            self._capture(batch_train, batch_val, lr)
+            self._key = key
+        for static, t in zip(self._inputs, tensors):
+            static.copy_(t, non_blocking=True)
+        self._graph.replay()
+        self.graph_steps += 1
+        return self._outputs
+
+
+def _make_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """Switch ``capturable`` on in every group (Adam: the step count lives on the parameters'
+    device) and move existing step counts there (a restored checkpoint keeps them on the CPU)."""
+    for group in optimizer.param_groups:
+        if "capturable" not in group:
+            raise ValueError(f"cuda_graphs: {type(optimizer).__name__} has no capturable mode")
+        group["capturable"] = True
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "step" in state and state["step"].device != p.device:
+                state["step"] = state["step"].to(p.device, torch.float32)
+
