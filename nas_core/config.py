@@ -118,8 +118,8 @@ SPECS: dict[str, dict[str, Key]] = {
         "amp": _AMP,
         "channels_last": _CHANNELS_LAST,
         "cuda_graphs": Key(False, "bool", "replay each first-order search step as one CUDA "
-                                          "graph (CUDA and order 1 only; fewer CPU-side "
-                                          "launches at small batches; same math)"),
+                                          "graph (CUDA and order 1 only): fewer CPU-side "
+                                          "kernel launches at small batches"),
         "deterministic": _DETERMINISTIC,
         "num_workers": _NUM_WORKERS,
     },
@@ -182,7 +182,7 @@ TRAIN_DEFAULTS: dict[str, Any] = defaults("train")
 TEST_DEFAULTS: dict[str, Any] = defaults("test")
 
 #: Keys that do not change a stage's results; left out of checkpoint fingerprints.
-NON_RESULT_KEYS = frozenset({"num_workers", "checkpoint_every_steps", "cuda_graphs"})
+NON_RESULT_KEYS = frozenset({"num_workers", "checkpoint_every_steps"})
 
 
 def merge(*blocks: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -3,21 +3,23 @@
 At the paper's batch of 64 a search step on a modern GPU is bound by the CPU: tens of
 thousands of small kernels, each launched by Python and the autograd engine.  Replaying the
 whole step (alpha step, weight forward and backward, clipping, SGD and Adam) as one CUDA graph
-launches it with one call.  The math is the eager step's: the same kernels in the same order
-on the same tensors.
+launches it with one call.  The math is the eager step's (the same kernels on the same
+tensors), except that Adam runs its ``capturable`` variant, which computes the bias corrections
+on the GPU in float32 instead of in Python doubles: a difference in rounding only, which is why
+``search.cuda_graphs`` is part of the checkpoint fingerprint.
 
 Constraints (checked when the object is built, with a one-line error):
 
 * CUDA only, first order (the second-order step reads its finite-difference epsilon on the
   host), every BatchNorm with a numeric momentum (``momentum=None`` reads its counter on the
   host);
-* the arch optimizer is switched to ``capturable=True`` (Adam keeps its step count on the GPU;
-  the same update);
-* the weight learning rate is baked into the graph: a new ``lr`` (the next epoch of the
-  cosine schedule) captures the step again, once per epoch;
-* a batch of another shape, dtype or layout than the captured one (an epoch's last, smaller
-  batch) runs eagerly; the first ``warmup`` calls run eagerly on a side stream (cuDNN picks its
-  algorithms, the optimizers create their state).
+* the arch optimizer is switched to ``capturable=True`` (Adam keeps its step count on the GPU);
+* every optimizer hyperparameter and the clip norm are baked into the graph: when one changes
+  (the next epoch's learning rate of the cosine schedule) the step is captured again;
+* a batch of another layout or a smaller one than the captured batch (an epoch's last batch)
+  runs eagerly, a larger one is captured; the first ``warmup`` calls run eagerly on a side
+  stream (cuDNN picks its algorithms, the optimizers create their state);
+* the capture is ``thread_local``: DataLoader pin-memory threads may go on meanwhile.
 
 The returned loss and logits are the graph's static outputs: read them before the next call.
 """
@@ -37,6 +39,16 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 def _signature(*tensors: torch.Tensor) -> tuple:
     return tuple((t.shape, t.dtype, t.device, t.stride()) for t in tensors)
+
+
+def _graph_key(signature: tuple, optimizers: tuple[torch.optim.Optimizer, ...],
+               grad_clip: float | None) -> tuple:
+    """What a captured step bakes in: the batch layout, every plain hyperparameter of every
+    optimizer group (the epoch's learning rates, momentum, weight decay, ...) and the clip."""
+    hyper = tuple(tuple((k, v) for k, v in sorted(g.items())
+                        if k != "params" and isinstance(v, (bool, int, float, str, tuple)))
+                  for opt in optimizers for g in opt.param_groups)
+    return signature, hyper, grad_clip
 
 
 class GraphedSearchStep:
@@ -69,12 +81,14 @@ class GraphedSearchStep:
         self.amp_dtype = amp_dtype
         self.warmup = warmup
         _make_capturable(architect.arch_optimizer)
+        self.device = params[0].device
+        self._params = [p for p in model.parameters()]
         self._graph: torch.cuda.CUDAGraph | None = None
         self._key: tuple | None = None
-        self._batch: tuple | None = None  # signature of the first batch: the one captured
         self._inputs: list[torch.Tensor] = []
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._side = torch.cuda.Stream(device=params[0].device)
+        self._grads: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._side = torch.cuda.Stream(device=self.device)
         self.graph_steps = 0
         self.eager_steps = 0
 
@@ -87,29 +101,43 @@ class GraphedSearchStep:
     def _eager(self, batch_train: Batch, batch_val: Batch, lr: float):
         self.eager_steps += 1
         with self._autocast():
-            return search_step(self.model, self.architect, self.w_optimizer, batch_train,
-                               batch_val, lr, self.grad_clip)
+            out = search_step(self.model, self.architect, self.w_optimizer, batch_train,
+                              batch_val, lr, self.grad_clip)
+        # the eager step set new .grad tensors: hand its values to the graph's, keep those
+        for p, g in self._grads:
+            if p.grad is not g:
+                if p.grad is None:
+                    g.zero_()
+                else:
+                    g.copy_(p.grad)
+                p.grad = g
+        return out
 
     def _capture(self, batch_train: Batch, batch_val: Batch, lr: float) -> None:
         self._graph = self._outputs = None  # the old graph's memory goes back first
+        self._grads = []
         self._inputs = [t.detach().clone() for t in (*batch_train, *batch_val)]
         xt, yt, xv, yv = self._inputs
         # the gradients the graph writes are allocated inside it (static addresses)
         self.w_optimizer.zero_grad(set_to_none=True)
         self.architect.arch_optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the DataLoader's pin-memory thread keeps working during the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             with self._autocast():
                 self._outputs = search_step(self.model, self.architect, self.w_optimizer,
                                             (xt, yt), (xv, yv), lr, self.grad_clip)
         self._graph = graph
+        self._grads = [(p, p.grad) for p in self._params if p.grad is not None]
 
     def __call__(self, batch_train: Batch, batch_val: Batch,
                  lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.cuda.device(self.device):
+            return self._call(batch_train, batch_val, lr)
+
+    def _call(self, batch_train: Batch, batch_val: Batch,
+              lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = (*batch_train, *batch_val)
-        signature = _signature(*tensors)
-        if self._batch is None:
-            self._batch = signature
         if self.eager_steps + self.graph_steps < self.warmup:
             # warm-up on a side stream (no lazy initialisation may happen during capture)
             self._side.wait_stream(torch.cuda.current_stream())
@@ -117,10 +145,12 @@ class GraphedSearchStep:
                 out = self._eager(batch_train, batch_val, lr)
             torch.cuda.current_stream().wait_stream(self._side)
             return out
-        if signature != self._batch:  # an epoch's last, smaller batch
-            return self._eager(batch_train, batch_val, lr)
-        key = (signature, float(lr))
-        if self._graph is None or key != self._key:
+        key = _graph_key(_signature(*tensors),
+                         (self.w_optimizer, self.architect.arch_optimizer), self.grad_clip)
+        if self._graph is not None and key[0] != self._key[0] \
+                and tensors[0].shape[0] <= self._inputs[0].shape[0]:
+            return self._eager(batch_train, batch_val, lr)  # an epoch's last, smaller batch
+        if self._graph is None or key != self._key:  # first, larger batch or new hyperparams
             self._capture(batch_train, batch_val, lr)
             self._key = key
         for static, t in zip(self._inputs, tensors):
@@ -141,4 +171,5 @@ def _make_capturable(optimizer: torch.optim.Optimizer) -> None:
             state = optimizer.state.get(p)
             if state and "step" in state and state["step"].device != p.device:
                 state["step"] = state["step"].to(p.device, torch.float32)
+    optimizer._warned_capturable_if_run_uncaptured = True  # the warm-up steps run uncaptured
 

@@ -76,11 +76,16 @@ def test_graph_replay_equals_eager_steps(channels_last: bool) -> None:
     for i, (bt, bv) in enumerate(batches("cuda")):
         bt = (bt[0].contiguous(memory_format=fmt), bt[1])
         bv = (bv[0].contiguous(memory_format=fmt), bv[1])
-        lr = 0.025 if i < 6 else 0.02
+        lr = 0.025 if i < 6 else 0.02  # the next epoch: captured again
+        for opt in (eager[2], graphed[2]):
+            for group in opt.param_groups:
+                group["lr"] = lr
         loss_e, logits_e = search_step(eager[0], eager[1], eager[2], bt, bv, lr, 5.0)
         loss_g, logits_g = step(bt, bv, lr)
         torch.testing.assert_close(loss_g, loss_e, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(logits_g, logits_e, rtol=1e-4, atol=1e-5)
+        if i == 5:  # after the eager step the gradients are the graph's tensors again
+            assert step._grads and all(p.grad is g for p, g in step._grads)
     assert (step.eager_steps, step.graph_steps) == (3, 5)
     for (name, a), b in zip(graphed[0].state_dict().items(), eager[0].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
@@ -109,10 +114,11 @@ def test_graph_replay_in_bf16_autocast_stays_finite_and_learns() -> None:
 
 @cuda
 def test_search_stage_with_cuda_graphs_matches_eager(tmp_path) -> None:
+    """The stage as users run it (DataLoader workers pinning memory during the captures)."""
     import json
 
     cfg = dict(epochs=2, batch_size=16, layers=3, init_channels=4, steps=2, multiplier=2,
-               max_steps_per_epoch=8, num_workers=0, amp="off", channels_last=True)
+               max_steps_per_epoch=8, num_workers=2, amp="off", channels_last=True)
     eager = run_search({"name": "digits"}, cfg, tmp_path / "eager", device="cuda")
     graphed = run_search({"name": "digits"}, dict(cfg, cuda_graphs=True), tmp_path / "graphed",
                          device="cuda")
@@ -122,3 +128,24 @@ def test_search_stage_with_cuda_graphs_matches_eager(tmp_path) -> None:
         torch.testing.assert_close(torch.tensor(b["alphas"][cell]),
                                    torch.tensor(a["alphas"][cell]), rtol=1e-3, atol=1e-5)
     assert graphed["train"]["loss"] == pytest.approx(eager["train"]["loss"], rel=1e-3)
+
+
+def test_graph_key_follows_what_the_capture_bakes_in() -> None:
+    from nas_core.graphs import _graph_key, _make_capturable, _signature
+
+    model, architect, w_opt = setup()
+    opts = (w_opt, architect.arch_optimizer)
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)
+    key = _graph_key(_signature(x, y), opts, 5.0)
+    assert _graph_key(_signature(x.clone(), y.clone()), opts, 5.0) == key
+    assert _graph_key(_signature(x.contiguous(memory_format=torch.channels_last), y), opts,
+                      5.0) != key
+    assert _graph_key(_signature(x[:3], y[:3]), opts, 5.0) != key
+    assert _graph_key(_signature(x, y), opts, 1.0) != key
+    w_opt.param_groups[0]["lr"] = 0.02  # the next epoch of the cosine schedule
+    assert _graph_key(_signature(x, y), opts, 5.0) != key
+    _make_capturable(architect.arch_optimizer)
+    assert all(g["capturable"] for g in architect.arch_optimizer.param_groups)
+    with pytest.raises(ValueError, match="SGD has no capturable mode"):
+        _make_capturable(w_opt)
