@@ -233,7 +233,8 @@ def _flat(t: torch.Tensor) -> torch.Tensor | None:
 def _dot(a: torch.Tensor, flat_a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum()``; one kernel and no temporary when ``a`` (flattened: ``flat_a``) and
     ``b`` have the same dense layout."""
-    if flat_a is not None and a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride():
+    if (flat_a is not None and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride()):
         flat_b = _flat(b)
         if flat_b is not None:
             return torch.dot(flat_a, flat_b)
@@ -306,7 +307,8 @@ class MixedOp(nn.Module):
     * the PC-DARTS bypass (max-pooled channels) of stride-2 edges.
 
     The weighted sum is accumulated in place with ``addcmul_`` (one kernel per op, no
-    temporaries); ``none`` is an exact zero and never evaluated (its alpha still gets its
+    temporaries; in plain DARTS mode the cell sums each node with one ``_WeightedSum``
+    instead); ``none`` is an exact zero and never evaluated (its alpha still gets its
     gradient through the softmax).
     * the batch normalisation that ends an op (sep/dil conv, pooling, FactorizedReduce) keeps
       its output instead of its input (``_BatchNormFromOutput``), so the tensor before it is
