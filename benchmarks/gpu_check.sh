@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared device check (installs nothing): the CUDA tests, then the benchmark's gpu preset
-# (paper's search network, 3x32x32, C=16, 8 cells: batch 64 first and second order, first order
+# (paper's search network, 3x32x32, C=16, 8 cells: batch 64 first and second order, each
 # also replayed as a CUDA graph, and each implementation at the largest candidate batch it
 # fits), ours in bf16 autocast + channels_last against the reference in float32 on the same GPU
 # in the same call.

@@ -130,14 +130,15 @@ class Architect:
             val_loss = self.loss(x_val, y_val)
             g_all = _grad(val_loss, alphas + weights)
             d_alpha, v = list(g_all[:len(alphas)]), list(g_all[len(alphas):])
-            # finite-difference Hessian-vector product around the original weights
-            eps = 0.01 / torch.linalg.vector_norm(torch.cat([g.flatten() for g in v]))
-            e = float(eps)
+            # finite-difference Hessian-vector product around the original weights; eps stays
+            # a device tensor (no host synchronisation: the step can be a CUDA graph)
+            eps = 0.01 / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
             with torch.no_grad():
-                torch._foreach_copy_(weights, torch._foreach_add(backup, v, alpha=e))
+                torch._foreach_mul_(v, eps)  # v := eps * v
+                torch._foreach_copy_(weights, torch._foreach_add(backup, v))
             g_pos = _grad(self.loss(x_train, y_train), alphas)
             with torch.no_grad():
-                torch._foreach_copy_(weights, torch._foreach_add(backup, v, alpha=-e))
+                torch._foreach_copy_(weights, torch._foreach_sub(backup, v))
             g_neg = _grad(self.loss(x_train, y_train), alphas)
         finally:
             with torch.no_grad():

@@ -117,9 +117,9 @@ SPECS: dict[str, dict[str, Key]] = {
         "checkpoint_every_steps": _CKPT_EVERY,
         "amp": _AMP,
         "channels_last": _CHANNELS_LAST,
-        "cuda_graphs": Key(False, "bool", "replay each first-order search step as one CUDA "
-                                          "graph (CUDA and order 1 only): fewer CPU-side "
-                                          "kernel launches at small batches"),
+        "cuda_graphs": Key(False, "bool", "replay each search step as one CUDA graph (CUDA "
+                                          "only): fewer CPU-side kernel launches at small "
+                                          "batches"),
         "deterministic": _DETERMINISTIC,
         "num_workers": _NUM_WORKERS,
     },
@@ -263,7 +263,7 @@ def validate_stage_cfg(stage: str, cfg: Mapping[str, Any] | None) -> dict[str, A
     Returns a new dict holding every key of the stage (floats as ``float``).  Raises
     :class:`ConfigError` (one line, naming ``stage.key``) on an unknown key, a wrong type, a
     value out of range, or an inconsistent pair (``lr_min > lr``, ``multiplier > steps``,
-    ``partial_channels`` not dividing ``init_channels``, ``cuda_graphs`` with ``order`` 2).
+    ``partial_channels`` not dividing ``init_channels``).
     """
     specs = _specs(stage)
     cfg = {} if cfg is None else cfg
@@ -282,9 +282,6 @@ def validate_stage_cfg(stage: str, cfg: Mapping[str, Any] | None) -> dict[str, A
         if out["multiplier"] > out["steps"]:
             raise ConfigError(f"search.multiplier: {out['multiplier']} is larger than "
                               f"search.steps {out['steps']}")
-        if out["cuda_graphs"] and out["order"] != 1:
-            raise ConfigError(f"search.cuda_graphs: needs search.order 1, got {out['order']} "
-                              "(the second-order step reads its epsilon on the host)")
         if out["init_channels"] % out["partial_channels"]:
             raise ConfigError(f"search.partial_channels: {out['partial_channels']} does not "
                               f"divide search.init_channels {out['init_channels']}")
@@ -313,8 +310,7 @@ def _schema_of(spec: Key) -> dict[str, Any]:
 def json_schema(stage: str) -> dict[str, Any]:
     """JSON Schema (draft 7 / 2020-12 compatible) of one stage block: every key with its type,
     range, default and description, ``additionalProperties: false``.  Cross-key rules
-    (lr_min <= lr, multiplier <= steps, partial_channels | init_channels, cuda_graphs needs
-    order 1) are checked by
+    (lr_min <= lr, multiplier <= steps, partial_channels | init_channels) are checked by
     :func:`validate_stage_cfg` only."""
     return {
         "type": "object",

@@ -1,4 +1,4 @@
-"""A first-order DARTS search step captured once as a CUDA graph and replayed (opt-in).
+"""A DARTS search step captured once as a CUDA graph and replayed (opt-in).
 
 At the paper's batch of 64 a search step on a modern GPU is bound by the CPU: tens of
 thousands of small kernels, each launched by Python and the autograd engine.  Replaying the
@@ -10,12 +10,13 @@ on the GPU in float32 instead of in Python doubles: a difference in rounding onl
 
 Constraints (checked when the object is built, with a one-line error):
 
-* CUDA only, first order (the second-order step reads its finite-difference epsilon on the
-  host), every BatchNorm with a numeric momentum (``momentum=None`` reads its counter on the
-  host);
+* CUDA only, every BatchNorm with a numeric momentum (``momentum=None`` reads its counter on
+  the host); first or second order (the second-order step keeps its finite-difference epsilon
+  on the device);
 * the arch optimizer is switched to ``capturable=True`` (Adam keeps its step count on the GPU);
-* every optimizer hyperparameter and the clip norm are baked into the graph: when one changes
-  (the next epoch's learning rate of the cosine schedule) the step is captured again;
+* every optimizer hyperparameter, the ``lr`` argument and the clip norm are baked into the
+  graph: when one changes (the next epoch's learning rate of the cosine schedule) the step is
+  captured again;
 * a batch of another layout or a smaller one than the captured batch (an epoch's last batch)
   runs eagerly, a larger one is captured; the first ``warmup`` calls run eagerly on a side
   stream (cuDNN picks its algorithms, the optimizers create their state);
@@ -42,13 +43,14 @@ def _signature(*tensors: torch.Tensor) -> tuple:
 
 
 def _graph_key(signature: tuple, optimizers: tuple[torch.optim.Optimizer, ...],
-               grad_clip: float | None) -> tuple:
+               grad_clip: float | None, lr: float) -> tuple:
     """What a captured step bakes in: the batch layout, every plain hyperparameter of every
-    optimizer group (the epoch's learning rates, momentum, weight decay, ...) and the clip."""
+    optimizer group (the epoch's learning rates, momentum, weight decay, ...), the clip and the
+    ``lr`` of the second-order virtual step."""
     hyper = tuple(tuple((k, v) for k, v in sorted(g.items())
                         if k != "params" and isinstance(v, (bool, int, float, str, tuple)))
                   for opt in optimizers for g in opt.param_groups)
-    return signature, hyper, grad_clip
+    return signature, hyper, grad_clip, float(lr)
 
 
 class GraphedSearchStep:
@@ -61,9 +63,6 @@ class GraphedSearchStep:
     def __init__(self, model: nn.Module, architect: Architect,
                  w_optimizer: torch.optim.Optimizer, grad_clip: float | None,
                  amp_dtype: torch.dtype | None = None, warmup: int = 3):
-        if architect.order != 1:
-            raise ValueError(f"cuda_graphs: needs the first-order search (order 1), got order "
-                             f"{architect.order}")
         for name, m in model.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None:
                 raise ValueError(f"cuda_graphs: BatchNorm {name!r} has momentum=None (its "
@@ -146,7 +145,7 @@ class GraphedSearchStep:
             torch.cuda.current_stream().wait_stream(self._side)
             return out
         key = _graph_key(_signature(*tensors),
-                         (self.w_optimizer, self.architect.arch_optimizer), self.grad_clip)
+                         (self.w_optimizer, self.architect.arch_optimizer), self.grad_clip, lr)
         if self._graph is not None and key[0] != self._key[0] \
                 and tensors[0].shape[0] <= self._inputs[0].shape[0]:
             return self._eager(batch_train, batch_val, lr)  # an epoch's last, smaller batch
