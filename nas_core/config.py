@@ -66,8 +66,8 @@ _AMP = Key("auto", "choice",
            "(YAML's unquoted off/false means \"off\", true means \"bf16\")",
            choices=("auto", "bf16", "off"), aliases=((False, "off"), (True, "bf16")))
 _CHANNELS_LAST = Key("auto", "auto_bool",
-                     'channels_last memory format: "auto" (on with CUDA, off on the CPU), '
-                     "true or false")
+                     'channels_last memory format: "auto" (on with CUDA, and on the CPU unless '
+                     'amp is bf16), true or false')
 _DETERMINISTIC = Key(False, "bool",
                      "deterministic mode: torch.use_deterministic_algorithms, cuDNN "
                      "deterministic, no cuDNN benchmark (slower on CUDA)")

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
-                          SepConv, create_op)
+                          SepConv, create_op, strided_1x1)
 
 __all__ = ["SearchNetwork", "SearchCell", "MixedOp", "pad_to_multiple", "channel_shuffle",
            "num_edges"]
@@ -362,7 +362,7 @@ class MixedOp(nn.Module):
         if (isinstance(op, FactorizedReduce) and type(op.relu) in _SHAREABLE_ACTIVATIONS
                 and not getattr(op.relu, "inplace", False)):
             r = _shared_activation(op.relu, x, cache)
-            y = torch.cat([op.conv_1(r), op.conv_2(r[:, :, 1:, 1:])], dim=1)
+            y = torch.cat([strided_1x1(op.conv_1, r, 0), strided_1x1(op.conv_2, r, 1)], dim=1)
             if self.lean_batchnorm and op.bn.training and not op.bn.affine:
                 return _batch_norm_last(op.bn, y, counters)
             return _batch_norm(op.bn, y, counters)

@@ -151,7 +151,22 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return self.bn(torch.cat([strided_1x1(self.conv_1, x, 0), strided_1x1(self.conv_2, x, 1)],
+                                 dim=1))
+
+
+def strided_1x1(conv: nn.Conv2d, x: torch.Tensor, offset: int) -> torch.Tensor:
+    """``conv(x[:, :, offset:, offset:])`` for FactorizedReduce's 1x1 stride-2 convolutions.
+
+    On the CPU in channels_last it is computed as the stride-1 convolution of every second
+    pixel (``x[:, :, offset::2, offset::2]``, the same products and sums): oneDNN's weight
+    gradient of the strided form corrupts the heap there (torch 2.14.1; e.g. 8 -> 4 channels at
+    32x80, batch 8; ``tests/test_ops.py`` has the case)."""
+    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        xs = x[:, :, offset::2, offset::2].contiguous(memory_format=torch.channels_last)
+        return F.conv2d(xs, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
+    return conv(x[:, :, offset:, offset:] if offset else x)
 
 
 class MaxPool2x2(nn.Module):

@@ -189,6 +189,20 @@ def test_amp_accepts_yaml_booleans():
         validate_stage_cfg("train", {"amp": 0})
 
 
+def test_auto_memory_format_and_precision_per_device():
+    from nas_core.stages.common import resolve_amp, resolve_channels_last
+
+    cpu, gpu, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("auto", gpu) is torch.bfloat16
+    assert resolve_channels_last("auto", cpu) and resolve_channels_last("auto", gpu)
+    assert not resolve_channels_last("auto", mps)
+    # CPU bf16 autocast with channels_last gave NaN depthwise gradients (torch 2.14.1)
+    assert not resolve_channels_last("auto", cpu, torch.bfloat16)
+    assert resolve_channels_last("auto", gpu, torch.bfloat16)
+    assert resolve_channels_last(True, cpu, torch.bfloat16)
+    assert not resolve_channels_last(False, gpu)
+
+
 def test_config_accepts_null_and_integral_numbers():
     cfg = validate_stage_cfg("train", {"max_steps_per_epoch": None, "lr": 1, "epochs": 3.0})
     assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float) and cfg["epochs"] == 3

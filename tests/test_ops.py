@@ -84,3 +84,55 @@ def test_bad_stride_error_names_it() -> None:
 def test_factorized_reduce_needs_even_channels() -> None:
     with pytest.raises(ValueError, match="got 3"):
         create_op("skip_connect", 3, 2)
+
+
+@pytest.mark.parametrize("size", [(32, 80), (6, 10)])
+def test_factorized_reduce_channels_last_equals_strided_convolutions(size) -> None:
+    """The CPU channels_last path (stride-1 convolutions of every second pixel) computes what
+    the two offset 1x1 stride-2 convolutions compute: output and every gradient."""
+    torch.manual_seed(0)
+    op = ops.FactorizedReduce(6, 8).double()
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+
+    def reference(inp):  # the original definition, nothing rerouted
+        r = op.relu(inp)
+        return op.bn(torch.cat([op.conv_1(r), op.conv_2(r[:, :, 1:, 1:])], dim=1))
+
+    xr = x.clone().requires_grad_()
+    y_ref = reference(xr)
+    probe = torch.linspace(-1, 1, y_ref.numel(), dtype=y_ref.dtype).view_as(y_ref)
+    g_ref = torch.autograd.grad((y_ref * probe).sum(), [xr, *op.parameters()])
+    op_cl = ops.FactorizedReduce(6, 8).double()
+    op_cl.load_state_dict(op.state_dict())
+    op_cl = op_cl.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = op_cl(xc)
+    g = torch.autograd.grad((y * probe).sum(), [xc, *op_cl.parameters()])
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_factorized_reduce_channels_last_backward_does_not_corrupt_the_heap() -> None:
+    """torch 2.14.1's oneDNN weight gradient of a 1x1 stride-2 convolution in channels_last
+    overran its buffer at 8 -> 4 channels, 32x80 (the supernet's first FactorizedReduce on
+    graphene); in a child process with glibc's heap checks, so a regression fails this test
+    instead of killing pytest."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from nas_core.ops import FactorizedReduce\n"
+        "op = FactorizedReduce(8, 8, affine=False).to(memory_format=torch.channels_last)\n"
+        "for _ in range(20):\n"
+        "    x = torch.randn(8, 8, 32, 80).contiguous(memory_format=torch.channels_last)\n"
+        "    x.requires_grad_()\n"
+        "    torch.autograd.grad(op(x).sum(), [x, *op.parameters()])\n"
+        "    junk = [torch.empty(1000 * (k + 1)) for k in range(20)]\n"
+        "print('ok')\n")
+    env = dict(os.environ, MALLOC_CHECK_="3", OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]

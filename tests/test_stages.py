@@ -302,10 +302,11 @@ def test_graphene_regression_end_to_end(tmp_path):
     bundle = load_data(data, root)
     net = EvalNetwork(Genotype.load(tmp_path / "genotype.json"), 1, 4, 1, 3)
     net.load_state_dict(torch.load(tmp_path / "train" / "model.pt", weights_only=True))
-    net.eval()
+    net = net.to(memory_format=torch.channels_last).eval()  # the CPU default ("auto")
     xs, ys = zip(*[bundle.test[i] for i in range(len(bundle.test))])
     with torch.no_grad():  # batches of 7, as in the test stage (same kernels, same numbers)
-        preds = torch.cat([net(torch.stack(xs[k:k + 7]))[0] for k in range(0, len(xs), 7)])
+        preds = torch.cat([net(torch.stack(xs[k:k + 7]).contiguous(
+            memory_format=torch.channels_last))[0] for k in range(0, len(xs), 7)])
     y = torch.stack(ys).double().numpy()
     p = preds.squeeze(-1).double().numpy()
     assert result["num_samples"] == len(y) == 16

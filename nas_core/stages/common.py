@@ -86,12 +86,17 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def resolve_channels_last(value: str | bool, device: torch.device) -> bool:
-    """``"auto"`` -> on with CUDA, off on the CPU; booleans as given.
+def resolve_channels_last(value: str | bool, device: torch.device,
+                          amp_dtype: torch.dtype | None = None) -> bool:
+    """``"auto"`` -> on with CUDA and on the CPU (faster on both, benchmarks/README.md), except
+    on the CPU under reduced-precision autocast (torch 2.14.1 gave NaN depthwise-convolution
+    gradients for bf16 + channels_last there); off on other devices.  Booleans as given.
 
-    On the CPU channels_last is faster (benchmarks/README.md) but opt-in: with torch 2.14.1 a
-    supernet backward on 1x32x80 inputs in channels_last corrupted the heap on the CPU."""
+    (On the CPU it was opt-in until ``ops.strided_1x1`` routed around torch 2.14.1's oneDNN heap
+    corruption in the weight gradient of FactorizedReduce's strided 1x1 convolutions.)"""
     if value == "auto":
+        if device.type == "cpu":
+            return amp_dtype is None
         return device.type == "cuda"
     return bool(value)
 

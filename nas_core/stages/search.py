@@ -135,7 +135,7 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     if cfg["cuda_graphs"] and dev.type != "cuda":
         raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on {dev}")
     amp_dtype = resolve_amp(cfg["amp"], dev)
-    channels_last = resolve_channels_last(cfg["channels_last"], dev)
+    channels_last = resolve_channels_last(cfg["channels_last"], dev, amp_dtype)
 
     bundle = load_data(data, data_root)
     task = bundle.task

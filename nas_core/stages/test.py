@@ -114,7 +114,7 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
     geno = _resolve_genotype(genotype)
     dev = resolve_device(device)
     amp_dtype = resolve_amp(cfg["amp"], dev)
-    channels_last = resolve_channels_last(train_cfg["channels_last"], dev)
+    channels_last = resolve_channels_last(train_cfg["channels_last"], dev, amp_dtype)
     bundle = load_data(data, data_root)
     task = bundle.task
 

@@ -58,7 +58,7 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     dev = resolve_device(device)
     amp_dtype = resolve_amp(cfg["amp"], dev)
-    channels_last = resolve_channels_last(cfg["channels_last"], dev)
+    channels_last = resolve_channels_last(cfg["channels_last"], dev, amp_dtype)
 
     bundle = load_data(data, data_root)
     task = bundle.task
