@@ -28,6 +28,7 @@ The returned loss and logits are the graph's static outputs: read them before th
 from __future__ import annotations
 
 import contextlib
+
 import torch
 import torch.nn as nn
 

@@ -171,20 +171,25 @@ class _BatchNormFromOutput(torch.autograd.Function):
     output ``y`` and ``invstd`` (``dx = invstd * (dy - mean(dy) - y * mean(dy * y))``), so its
     input need not be kept: the weighted sum keeps ``y`` anyway.  Forward and backward are
     ATen's own batch-norm kernels; the forward also updates the running statistics when they
-    are given (in the same kernel, as ``F.batch_norm``).  Once differentiable (a second
+    are given (in the same kernel, as ``F.batch_norm``), and returns the batch mean and
+    ``invstd`` too (not differentiable).  Once differentiable (a second
     derivative raises): code that needs second derivatives through the supernet
     (``create_graph=True``) sets ``MixedOp.lean_batchnorm = False``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, running_mean: torch.Tensor | None,  # type: ignore[override]
-                running_var: torch.Tensor | None, momentum: float, eps: float) -> torch.Tensor:
-        y, _, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var, True,
-                                               momentum, eps)
+                running_var: torch.Tensor | None, momentum: float, eps: float):
+        y, mean, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var,
+                                                  True, momentum, eps)
         ctx.save_for_backward(y, invstd)
-        return y
+        ctx.mark_non_differentiable(mean, invstd)
+        ctx.set_materialize_grads(False)
+        return y, mean, invstd
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, dy: torch.Tensor | None, _dmean, _dinvstd):  # type: ignore[override]
+        if dy is None:
+            return None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: x is not kept, so refuse loudly
             raise RuntimeError(
                 "nas_core.model_search: cannot differentiate twice through the lean batch "
@@ -218,9 +223,9 @@ def _batch_norm_last(bn: nn.BatchNorm2d, x: torch.Tensor,
     if x.dtype not in _LEAN_DTYPES:
         return _batch_norm(bn, x, counters)
     if not _tracks(bn):
-        return _BatchNormFromOutput.apply(x, None, None, 0.0, bn.eps)
+        return _BatchNormFromOutput.apply(x, None, None, 0.0, bn.eps)[0]
     return _BatchNormFromOutput.apply(x, bn.running_mean, bn.running_var,
-                                      _momentum(bn, counters), bn.eps)
+                                      _momentum(bn, counters), bn.eps)[0]
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor | None:
@@ -375,6 +380,12 @@ class MixedOp(nn.Module):
                 y = cache.get(key)
                 if y is None:
                     p = pool(x)
+                    n = p.numel() // p.shape[1]
+                    stats = None
+                    if self.lean_batchnorm and p.dtype in _LEAN_DTYPES:  # p is not kept
+                        y, *stats = _BatchNormFromOutput.apply(p, None, None, 0.0, bn.eps)
+                    else:
+                        y = F.batch_norm(p, None, None, None, None, True, 0.0, bn.eps)
                     if bn.training and track:
                         # the BN modules of this primitive on every edge that reads x (the
                         # cell lists them in cache["readers"]); each gets its own update
@@ -385,15 +396,14 @@ class MixedOp(nn.Module):
                                 if pb2 is not None and pb2[1].training and _tracks(pb2[1]):
                                     group.append(pb2[1])
                         with torch.no_grad():
-                            pd = p.detach()
-                            if pd.dtype != bn.running_mean.dtype:
-                                pd = pd.to(bn.running_mean.dtype)
-                            var, mean = torch.var_mean(pd, dim=(0, 2, 3), correction=1)
-                        _update_running_stats(group, mean, var, counters)
-                    if self.lean_batchnorm and p.dtype in _LEAN_DTYPES:  # p is not kept
-                        y = _BatchNormFromOutput.apply(p, None, None, 0.0, bn.eps)
-                    else:
-                        y = F.batch_norm(p, None, None, None, None, True, 0.0, bn.eps)
+                            dtype = bn.running_mean.dtype
+                            if stats is not None:  # the kernel's batch mean and 1/std
+                                mean, invstd = stats
+                                var = invstd.double().pow(-2).sub(bn.eps).mul(n / max(n - 1, 1))
+                            else:
+                                var, mean = torch.var_mean(p.detach().to(dtype), dim=(0, 2, 3),
+                                                           correction=1)
+                        _update_running_stats(group, mean.to(dtype), var.to(dtype), counters)
                     cache[key] = y
                 return y
         return op(x)
