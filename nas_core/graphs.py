@@ -88,7 +88,8 @@ class GraphedSearchStep:
         self._inputs: list[torch.Tensor] = []
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._grads: list[tuple[nn.Parameter, torch.Tensor]] = []
-        self._side = torch.cuda.Stream(device=self.device)
+        self._side = torch.cuda.Stream(device=self.device)  # warm-up
+        self._capture_stream = torch.cuda.Stream(device=self.device)  # on the model's device
         self.graph_steps = 0
         self.eager_steps = 0
 
@@ -123,7 +124,8 @@ class GraphedSearchStep:
         self.architect.arch_optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the DataLoader's pin-memory thread keeps working during the capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, stream=self._capture_stream,
+                              capture_error_mode="thread_local"):
             with self._autocast():
                 self._outputs = search_step(self.model, self.architect, self.w_optimizer,
                                             (xt, yt), (xv, yv), lr, self.grad_clip)
