@@ -82,7 +82,7 @@ class GraphedSearchStep:
         self.warmup = warmup
         _make_capturable(architect.arch_optimizer)
         self.device = params[0].device
-        self._params = [p for p in model.parameters()]
+        self._params = params
         self._graph: torch.cuda.CUDAGraph | None = None
         self._key: tuple | None = None
         self._inputs: list[torch.Tensor] = []

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nas_core.genotypes import Genotype
-from nas_core.model_search import pad_to_multiple
+from nas_core.model_search import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import FactorizedReduce, Identity, ReLUConvBN, create_op
 
 __all__ = ["EvalNetwork", "EvalCell", "AuxiliaryHead", "drop_path", "count_parameters",
@@ -128,16 +128,13 @@ class EvalNetwork(nn.Module):
         self._layers = layers
         self._auxiliary = auxiliary
         self.drop_path_prob = drop_path_prob
-        self.reduction_layers = sorted({layers // 3, 2 * layers // 3})
+        self.reduction_layers = reduction_layers(layers)
         self.aux_layer = 2 * layers // 3
         #: H and W are zero-padded to multiples of this (2 ** number of reduction cells).
         self.size_multiple = 2 ** len(self.reduction_layers)
 
         c_curr = stem_multiplier * channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c_curr),
-        )
+        self.stem = make_stem(in_channels, c_curr)
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
         self.cells = nn.ModuleList()
         reduction_prev = False

@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
-                          SepConv, create_op, strided_1x1)
+                          SepConv, create_op)
 
 __all__ = ["SearchNetwork", "SearchCell", "MixedOp", "pad_to_multiple", "channel_shuffle",
-           "num_edges"]
+           "num_edges", "reduction_layers", "make_stem"]
 
 
 def num_edges(steps: int) -> int:
@@ -52,6 +52,18 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     if ph == 0 and pw == 0:
         return x
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+
+def reduction_layers(layers: int) -> tuple[int, ...]:
+    """Indices of the reduction cells of a ``layers``-cell network: layers//3 and 2*layers//3
+    (once each).  Inputs are zero-padded to multiples of ``2 ** len(...)``."""
+    return tuple(sorted({layers // 3, 2 * layers // 3}))
+
+
+def make_stem(in_channels: int, channels: int) -> nn.Sequential:
+    """The DARTS stem: 3x3 convolution to ``channels`` and BatchNorm (``stem.0``, ``stem.1``)."""
+    return nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(channels))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -112,33 +124,6 @@ def _tracks(bn: nn.BatchNorm2d) -> bool:
     return bn.track_running_stats and bn.running_mean is not None
 
 
-@torch.no_grad()
-def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
-                          var: torch.Tensor, counters: list | None = None) -> None:
-    """Update each module's running statistics as its own train-mode forward would
-    (``_BatchNorm.forward`` + ``F.batch_norm``: its momentum, or the cumulative average when the
-    momentum is None; ``num_batches_tracked`` + 1), from the batch ``mean`` and unbiased ``var``.
-    Modules with a numeric momentum are updated together (``_foreach`` kernels); their counters
-    go to ``counters`` when given (the cell adds 1 to all of them at once)."""
-    deferred = counters is not None and all(bn.momentum is not None for bn in bns)
-    tracked = [bn.num_batches_tracked for bn in bns if bn.num_batches_tracked is not None]
-    if deferred:
-        counters.extend(tracked)
-    elif tracked:
-        torch._foreach_add_(tracked, 1)
-    by_factor: dict[float, list[nn.BatchNorm2d]] = {}
-    for bn in bns:
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        by_factor.setdefault(float(factor), []).append(bn)
-    for factor, group in by_factor.items():
-        means = [bn.running_mean for bn in group]
-        variances = [bn.running_var for bn in group]
-        torch._foreach_mul_(means, 1.0 - factor)
-        torch._foreach_add_(means, [mean] * len(group), alpha=factor)
-        torch._foreach_mul_(variances, 1.0 - factor)
-        torch._foreach_add_(variances, [var] * len(group), alpha=factor)
-
-
 def _momentum(bn: nn.BatchNorm2d, counters: list | None) -> float:
     """The running-average factor of a train-mode forward of ``bn``, counting the batch: its
     momentum (the counter goes to ``counters`` when given, else is incremented now), or
@@ -152,6 +137,24 @@ def _momentum(bn: nn.BatchNorm2d, counters: list | None) -> float:
     if bn.momentum is None:
         return 1.0 / float(bn.num_batches_tracked)
     return bn.momentum
+
+
+@torch.no_grad()
+def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
+                          var: torch.Tensor, counters: list | None = None) -> None:
+    """Update each module's running statistics as its own train-mode forward would, from the
+    batch ``mean`` and unbiased ``var`` (factor and counter: ``_momentum``).  Modules with the
+    same factor are updated together (``_foreach`` kernels)."""
+    by_factor: dict[float, list[nn.BatchNorm2d]] = {}
+    for bn in bns:
+        by_factor.setdefault(float(_momentum(bn, counters)), []).append(bn)
+    for factor, group in by_factor.items():
+        means = [bn.running_mean for bn in group]
+        variances = [bn.running_var for bn in group]
+        torch._foreach_mul_(means, 1.0 - factor)
+        torch._foreach_add_(means, [mean] * len(group), alpha=factor)
+        torch._foreach_mul_(variances, 1.0 - factor)
+        torch._foreach_add_(variances, [var] * len(group), alpha=factor)
 
 
 #: (channels, dtype, device) -> (zeros, ones): constants of the lean BatchNorm's backward
@@ -367,7 +370,7 @@ class MixedOp(nn.Module):
         if (isinstance(op, FactorizedReduce) and type(op.relu) in _SHAREABLE_ACTIVATIONS
                 and not getattr(op.relu, "inplace", False)):
             r = _shared_activation(op.relu, x, cache)
-            y = torch.cat([strided_1x1(op.conv_1, r, 0), strided_1x1(op.conv_2, r, 1)], dim=1)
+            y = op.convolve(r)
             if self.lean_batchnorm and op.bn.training and not op.bn.affine:
                 return _batch_norm_last(op.bn, y, counters)
             return _batch_norm(op.bn, y, counters)
@@ -477,15 +480,39 @@ class SearchCell(nn.Module):
                 self._ops.append(MixedOp(c, stride, primitives, partial_channels))
         # plain DARTS: the node sums go through one _WeightedSum each
         self._fused = all(m.partial_channels == 1 and m._active for m in self._ops)
+        #: per state j, the mixed ops of the edges that read it (every later node)
+        self._readers = [[self._ops[sum(range(2, 2 + i)) + j] for i in range(steps) if j < 2 + i]
+                         for j in range(steps + 2)]
 
-    def _readers(self, j: int) -> list[MixedOp]:
-        """The mixed ops of the edges that read state ``j`` (every later node)."""
-        out, offset = [], 0
-        for i in range(self.steps):
-            if j < 2 + i:
-                out.append(self._ops[offset + j])
-            offset += 2 + i
-        return out
+    def _fused_node(self, states: list[torch.Tensor], caches: list[dict],
+                    weights: torch.Tensor, offset: int) -> torch.Tensor:
+        """Every op output of every incoming edge, summed by one ``_WeightedSum``."""
+        n_ops = weights.shape[1]
+        ys, slots = [], []
+        for j, h in enumerate(states):
+            mixed = self._ops[offset + j]
+            for k in mixed._active:
+                ys.append(mixed._op_output(k, h, caches[j]))
+                slots.append(j * n_ops + k)
+        return _WeightedSum.apply(weights[offset:offset + len(states)], tuple(slots), *ys)
+
+    def _plain_node(self, states: list[torch.Tensor], caches: list[dict],
+                    rows: Sequence[torch.Tensor], edge: Sequence[torch.Tensor] | None,
+                    offset: int) -> torch.Tensor:
+        """The node summed edge by edge (PC-DARTS edge weights, or ``fuse_node_sums`` off)."""
+        s = None
+        for j, h in enumerate(states):
+            mixed = self._ops[offset + j]
+            w = rows[offset + j].unbind(0)
+            if edge is None and mixed.partial_channels == 1:
+                s = mixed._mix(h, w, caches[j], s)  # accumulates into s in place
+                continue
+            y = mixed(h, w, caches[j])
+            if edge is not None:
+                s = edge[offset + j] * y if s is None else s.addcmul_(edge[offset + j], y)
+            else:
+                s = y if s is None else s + y
+        return s
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -495,42 +522,20 @@ class SearchCell(nn.Module):
         # "readers": the mixed ops of those edges (their pooling BNs are updated together)
         # "counters": num_batches_tracked of the BatchNorms run in training mode, + 1 at the end
         counters: list[torch.Tensor] = []
-        caches: list[dict] = [{"readers": self._readers(j), "counters": counters}
+        caches: list[dict] = [{"readers": self._readers[j], "counters": counters}
                               for j in range(2)]
         fused = self.fuse_node_sums and edge_weights is None and self._fused
         rows = None if fused else weights.unbind(0)
         edge = edge_weights.unbind(0) if edge_weights is not None else None
-        n_ops = weights.shape[1]
         offset = 0
         for _ in range(self.steps):
-            if fused:  # every op output of every incoming edge, summed by one graph node
-                ys, slots = [], []
-                for j, h in enumerate(states):
-                    mixed = self._ops[offset + j]
-                    for k in mixed._active:
-                        ys.append(mixed._op_output(k, h, caches[j]))
-                        slots.append(j * n_ops + k)
-                s = _WeightedSum.apply(weights[offset:offset + len(states)], tuple(slots), *ys)
-                offset += len(states)
-                states.append(s)
-                caches.append({"readers": self._readers(len(states) - 1),
-                               "counters": counters})
-                continue
-            s = None
-            for j, h in enumerate(states):
-                mixed = self._ops[offset + j]
-                w = rows[offset + j].unbind(0)
-                if edge is None and mixed.partial_channels == 1:
-                    s = mixed._mix(h, w, caches[j], s)  # accumulates into s in place
-                    continue
-                y = mixed(h, w, caches[j])
-                if edge is not None:
-                    s = edge[offset + j] * y if s is None else s.addcmul_(edge[offset + j], y)
-                else:
-                    s = y if s is None else s + y
+            if fused:
+                s = self._fused_node(states, caches, weights, offset)
+            else:
+                s = self._plain_node(states, caches, rows, edge, offset)
             offset += len(states)
             states.append(s)
-            caches.append({"readers": self._readers(len(states) - 1), "counters": counters})
+            caches.append({"readers": self._readers[len(states) - 1], "counters": counters})
         if counters:
             with torch.no_grad():
                 torch._foreach_add_(counters, 1)
@@ -572,15 +577,12 @@ class SearchNetwork(nn.Module):
         self.multiplier = multiplier
         self.primitives = primitives
         self.partial_channels = partial_channels
-        self.reduction_layers = tuple(sorted({layers // 3, 2 * layers // 3}))
+        self.reduction_layers = reduction_layers(layers)
         #: H and W are zero-padded to multiples of this (2 ** number of reduction cells).
         self.size_multiple = 2 ** len(self.reduction_layers)
 
         c_curr = stem_multiplier * channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c_curr),
-        )
+        self.stem = make_stem(in_channels, c_curr)
         c_pp, c_p, c_curr = c_curr, c_curr, channels
         self.cells = nn.ModuleList()
         reduction_prev = False

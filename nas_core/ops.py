@@ -150,9 +150,11 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
-        return self.bn(torch.cat([strided_1x1(self.conv_1, x, 0), strided_1x1(self.conv_2, x, 1)],
-                                 dim=1))
+        return self.bn(self.convolve(self.relu(x)))
+
+    def convolve(self, r: torch.Tensor) -> torch.Tensor:
+        """The two offset convolutions of the rectified input ``r``, concatenated (before BN)."""
+        return torch.cat([strided_1x1(self.conv_1, r, 0), strided_1x1(self.conv_2, r, 1)], dim=1)
 
 
 def strided_1x1(conv: nn.Conv2d, x: torch.Tensor, offset: int) -> torch.Tensor:
