@@ -107,41 +107,6 @@ def write_config(path: Path, cfg: dict) -> Path:
 # -- schema and config --------------------------------------------------------------------
 
 
-def test_schema_stage_blocks_mirror_nas_core_config():
-    """Keys, defaults, types, ranges and descriptions equal nas_core.config's: no drift."""
-    from nas_core import config as nas_config
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    for stage, defaults in (("search", nas_config.SEARCH_DEFAULTS),
-                            ("train", nas_config.TRAIN_DEFAULTS),
-                            ("test", nas_config.TEST_DEFAULTS)):
-        props = schema["$defs"][stage]["properties"]
-        assert list(props) == list(defaults), stage
-        assert {k: v["default"] for k, v in props.items()} == defaults, stage
-        assert props == nas_config.json_schema(stage)["properties"], stage
-        assert schema["$defs"][stage]["additionalProperties"] is False
-
-
-def test_schema_data_options_mirror_the_data_registry():
-    from nas_core.data import registry
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    data = schema["$defs"]["data"]
-    assert sorted(data["properties"]["name"]["enum"]) == registry.list_datasets()
-    branches = {b["if"]["properties"]["name"]["const"]: b["then"] for b in data["allOf"]}
-    assert sorted(branches) == registry.list_datasets()
-    for name, then in branches.items():
-        options = registry.get_dataset(name).options
-        props = {k: v for k, v in then["properties"].items() if k != "name"}
-        assert sorted(props) == sorted(options), name
-        assert then["additionalProperties"] is False
-        required = {k for k, v in options.items() if v is registry.REQUIRED}
-        assert set(then.get("required", [])) == required, name
-        for key, default in options.items():
-            if default is not registry.REQUIRED:
-                assert props[key].get("default") == default, f"{name}.{key}"
-
-
 def _walk_objects(node, path="$"):
     if isinstance(node, dict):
         if node.get("type") == "object" or "properties" in node:

@@ -13,11 +13,18 @@ import numpy as np
 import torch
 
 from .base import ArrayDataset, DataBundle, DataError, check_nonempty
+from .options import CROP_PADDING, Option
 from .registry import register_dataset
 from .splits import random_test_split
 from .transforms import build_transform
 
-OPTIONS = {"test_fraction": 0.2, "seed": 42, "crop_padding": 0}
+OPTIONS = {
+    "test_fraction": Option(0.2, "float", "fraction of the 1797 images held out as the test "
+                                          "split", minimum=0, maximum=1,
+                            exclusive_minimum=True, exclusive_maximum=True),
+    "seed": Option(42, "int", "seed of the test split", minimum=0),
+    "crop_padding": CROP_PADDING,
+}
 
 
 @register_dataset("digits", options=OPTIONS)

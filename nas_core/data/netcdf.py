@@ -27,7 +27,8 @@ from .base import (
     one_line,
     require_file,
 )
-from .registry import REQUIRED, register_dataset
+from .options import REQUIRED, Option, source_option
+from .registry import register_dataset
 from .s3 import download_s3, resolve_source, s3_url
 from .splits import random_test_split
 from .transforms import build_transform
@@ -246,7 +247,12 @@ def _download_graphene(opts: dict, folder: Path) -> list[Path]:
 
 @register_dataset(
     "graphene",
-    options={"target": "strain", "source": None},
+    options={
+        "target": Option("strain", "choice", "regression target variable of the kirigami file",
+                         choices=GRAPHENE_TARGETS),
+        "source": source_option("S3 source overriding the public kirigami file (bucket, key, "
+                                "endpoint_url, ...)"),
+    },
     downloader=_download_graphene,
     files=_graphene_files,
 )
@@ -265,14 +271,37 @@ def _load_graphene(opts: dict, folder: Path) -> DataBundle:
 # netcdf
 
 NETCDF_OPTIONS = {
-    "path": REQUIRED,
-    "image_var": REQUIRED,
-    "target_var": REQUIRED,
-    "task": REQUIRED,
-    "num_classes": None,
-    "test_split": None,
-    "normalize": None,
-    "source": None,
+    "path": Option(REQUIRED, "str", "the .nc file: absolute, or relative to "
+                                    "resources/{dataset}/netcdf/"),
+    "image_var": Option(REQUIRED, "str", "variable holding the images, (sample, y, x) or "
+                                         "(sample, channel, y, x)"),
+    "target_var": Option(REQUIRED, "str", "variable holding the targets, (sample,)"),
+    "task": Option(REQUIRED, "choice", "what the target is",
+                   choices=("classification", "regression")),
+    "num_classes": Option(None, "int", "classes (null = max label + 1); classification only",
+                          minimum=1, nullable=True),
+    "test_split": Option(
+        None, "object", "null (random, fraction 0.2, seed 42), {kind: random, fraction, seed} "
+                        "or {kind: variable, var: <0/1 variable, 1 = test>}",
+        nullable=True, checked=False, keys={
+            "kind": Option(DEFAULT_TEST_SPLIT["kind"], "choice", "'random' (seeded, "
+                           "nas_core.data.random_test_split) or 'variable' (a 0/1 variable of "
+                           "the file)", choices=("random", "variable")),
+            "fraction": Option(DEFAULT_TEST_SPLIT["fraction"], "float", "kind random: fraction "
+                               "of the samples in the test split"),
+            "seed": Option(DEFAULT_TEST_SPLIT["seed"], "int", "kind random: seed of the split"),
+            "var": Option(REQUIRED, "str", "kind variable: the variable flagging the test "
+                                           "samples, (sample,), 1 = test, 0 = training"),
+        }),
+    "normalize": Option(
+        None, "any", "null (none), 'train' (mean/std of the training part) or {mean: [...], "
+                     "std: [...]}",
+        checked=False, keys={
+            "mean": Option(REQUIRED, "any", "one mean per channel"),
+            "std": Option(REQUIRED, "any", "one positive std per channel"),
+        }),
+    "source": source_option("S3 source to download the file from (null = the file must "
+                            "exist)"),
 }
 
 

@@ -2,20 +2,20 @@
 ``dataset_files``.
 
 A dataset registers a loader ``(opts, folder) -> DataBundle``, an optional downloader
-``(opts, folder) -> list[Path]``, a function listing its files, and its config keys with
-defaults (``REQUIRED`` for keys without one).  ``cfg`` is the dataset's ``data:`` block;
-``folder`` is ``root/{name}/``, so two datasets never share files.
+``(opts, folder) -> list[Path]``, a function listing its files, and its config keys: ``{key:
+Option(default, kind, description, ...)}`` (:mod:`.options`; ``REQUIRED`` for keys without a
+default; a bare default is accepted too).  ``cfg`` is the dataset's ``data:`` block; ``folder``
+is ``root/{name}/``, so two datasets never share files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .base import DataBundle, DataError
-
-REQUIRED = object()
+from .options import REQUIRED, Option
 
 Loader = Callable[[dict, Path], DataBundle]
 Downloader = Callable[[dict, Path], "list[Path]"]
@@ -24,11 +24,15 @@ FileLister = Callable[[dict, Path], "list[Path]"]
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A registered dataset.  ``options``: key -> default (``REQUIRED``: none);
+    ``option_specs``: key -> :class:`Option` (kind, range, description), in declaration order."""
+
     name: str
     loader: Loader
     options: dict[str, Any]
     downloader: Downloader | None = None
     files: FileLister | None = None
+    option_specs: dict[str, Option] = field(default_factory=dict)
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -37,16 +41,19 @@ _DATASETS: dict[str, DatasetSpec] = {}
 def register_dataset(
     name: str,
     *,
-    options: dict[str, Any],
+    options: Mapping[str, Option | Any],
     downloader: Downloader | None = None,
     files: FileLister | None = None,
 ) -> Callable[[Loader], Loader]:
-    """Decorator registering a loader under ``name`` with its config keys and defaults."""
+    """Decorator registering a loader under ``name`` with its config keys: ``{key: Option}``
+    (a bare value is a default without kind or description)."""
+    specs = {k: v if isinstance(v, Option) else Option(v) for k, v in options.items()}
 
     def wrap(loader: Loader) -> Loader:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = DatasetSpec(name, loader, dict(options), downloader, files)
+        _DATASETS[name] = DatasetSpec(name, loader, {k: o.default for k, o in specs.items()},
+                                      downloader, files, specs)
         return loader
 
     return wrap

@@ -34,6 +34,7 @@ from .base import (
     one_line,
     require_file,
 )
+from .options import CROP_PADDING, Option
 from .registry import register_dataset
 from .transforms import build_transform
 
@@ -112,7 +113,8 @@ def _load_mnist(opts: dict, folder: Path) -> DataBundle:
 
 for _name in ("mnist", "fashion-mnist"):
     register_dataset(
-        _name, options={"crop_padding": 0}, downloader=_download_mnist, files=_mnist_files
+        _name, options={"crop_padding": CROP_PADDING}, downloader=_download_mnist,
+        files=_mnist_files,
     )(_load_mnist)
 
 
@@ -190,7 +192,8 @@ def _download_cifar(opts: dict, folder: Path) -> list[Path]:
 
 @register_dataset(
     "cifar-10",
-    options={"augment": True},
+    options={"augment": Option(True, "bool", "DARTS training augmentation (random crop with "
+                                              "padding 4, horizontal flip)")},
     downloader=_download_cifar,
     files=_cifar_files,
 )
