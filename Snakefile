@@ -30,3 +30,11 @@ include: "workflow/rules/genotype.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/test.smk"
 include: "workflow/rules/report.smk"
+
+
+# A failed job's one-line error (the last line of its log) is printed again when Snakemake
+# exits, after its own closing lines: the last line on the console.
+onerror:
+    from nas_core.jobs import report_failed_jobs
+
+    report_failed_jobs(log)

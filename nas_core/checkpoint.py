@@ -9,7 +9,9 @@ only tensors, (ordered) dicts, lists, tuples, strings, numbers, booleans and Non
 are stored as tensors and plain types (:func:`get_rng_state` / :func:`set_rng_state`).  Every
 checkpoint carries a ``fingerprint`` (:func:`fingerprint`); :func:`load_checkpoint` returns None
 for a missing file or another fingerprint, and moves an unreadable file aside to
-``<name>.corrupt`` (logged) instead of deleting it.
+``<name>.corrupt`` (logged) instead of deleting it.  A write the file system refuses (disk full,
+file-size limit) raises :class:`~nas_core.fileio.WriteError` with one line and leaves the
+previous checkpoint in place.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_core.fileio import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
+from nas_core.fileio import (WriteError, atomic_write_bytes, atomic_write_text, fsync_dir,
+                             sha256_file)
 
 __all__ = [
     "CheckpointError",
+    "WriteError",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -112,9 +116,10 @@ def torch_save_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically, byte-reproducibly."""
-    return atomic_write_bytes(path, torch_save_bytes(obj))
+def atomic_torch_save(obj: Any, path: str | os.PathLike, *, what: str = "") -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, byte-reproducibly (``what``: see
+    :func:`nas_core.fileio.atomic_write_bytes`)."""
+    return atomic_write_bytes(path, torch_save_bytes(obj), what=what)
 
 
 def fingerprint(obj: Any) -> str:
@@ -165,11 +170,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # -- checkpoints ------------------------------------------------------------------------------
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], fingerprint: str) -> Path:
-    """Write ``state`` (a dict of tensors / plain values) with its fingerprint, atomically."""
+    """Write ``state`` (a dict of tensors / plain values) with its fingerprint, atomically.
+
+    When the file system refuses (disk full, file-size limit) this raises
+    :class:`nas_core.fileio.WriteError` (an OSError, one line: "cannot write checkpoint PATH:
+    no space left on device; the previous checkpoint is unchanged and a rerun resumes from
+    it"); the previous checkpoint stays in place, loadable."""
     payload = dict(state)
     payload["format"] = CHECKPOINT_FORMAT
     payload["fingerprint"] = fingerprint
-    return atomic_torch_save(payload, path)
+    return atomic_torch_save(payload, path, what="checkpoint")
 
 
 def _move_aside(path: Path, reason: str) -> Path:

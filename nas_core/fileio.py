@@ -2,17 +2,60 @@
 
 :func:`atomic_write_bytes` writes to a temporary file in the destination folder, flushes and
 fsyncs it, renames it over the destination with ``os.replace`` and fsyncs the folder: a reader
-(or a restarted job) sees the old file or the new one, never a torn one.
+(or a restarted job) sees the old file or the new one, never a torn one.  When the write
+fails (disk full, quota, file-size limit, permissions) the temporary file is removed, the old
+file is left as it was, and the error is a :class:`WriteError` (an ``OSError`` with the same
+errno) whose message is one line naming the file and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "sha256_file"]
+__all__ = ["WriteError", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "sha256_file"]
+
+_WHY = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (over the file-size limit, ulimit -f, or the file system's "
+                 "maximum)",
+    errno.EROFS: "read-only file system",
+}
+
+
+class WriteError(OSError):
+    """Writing ``path`` failed; ``errno`` is the cause's, ``cause`` the original OSError.
+
+    One-line message: ``cannot write {what} {path}: {why}; {what the old file did}``."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError, *, what: str = "",
+                 existed: bool = False) -> None:
+        why = _WHY.get(cause.errno) or (cause.strerror if cause.strerror and len(cause.args) > 1
+                                        else " ".join(str(cause).split()) or type(cause).__name__)
+        super().__init__(cause.errno, why, str(path))
+        self.cause = cause
+        self.what = what
+        self.existed = existed
+        noun = f"{what} " if what else ""
+        kept = (f"the previous {what or 'file'} is unchanged" if existed
+                else "nothing was written")
+        if what == "checkpoint" and existed:
+            kept += " and a rerun resumes from it"
+        self.text = f"cannot write {noun}{path}: {why}; {kept}"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __reduce__(self):  # picklable (e.g. across worker processes)
+        return (_rebuild_write_error, (self.filename, self.cause, self.what, self.existed))
+
+
+def _rebuild_write_error(path, cause, what, existed) -> "WriteError":
+    return WriteError(path, cause, what=what, existed=existed)
 
 
 def _read_umask() -> int:
@@ -39,31 +82,38 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; creates the folder; returns the path."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "") -> Path:
+    """Write ``data`` to ``path`` atomically; creates the folder; returns the path.
+
+    :class:`WriteError` (``what`` names the file's role in its message, e.g. "checkpoint")
+    when the file system refuses; ``path`` is then unchanged and no temporary file is left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc, what=what, existed=path.exists()) from exc
         raise
     fsync_dir(path.parent)
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "") -> Path:
     """:func:`atomic_write_bytes` of UTF-8 text (no newline translation)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), what=what)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

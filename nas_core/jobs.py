@@ -1,18 +1,50 @@
-"""What every workflow job does around its one ``nas_core`` call: logging and its GPUs."""
+"""What every workflow job does around its one ``nas_core`` call: logging, errors and its GPUs.
+
+A job script starts with ``log_to(snakemake.log[0], snakemake.rule)``: from then on everything
+the process prints goes to the job's log file, and an exception that ends the job is reported
+in one of two ways:
+
+- a *known* error (:func:`nas_core.errors.is_known`: config, data, download, genotype,
+  checkpoint, stage, full disk): the traceback goes to the log, followed by the one line
+  ``rule NAME: error: MESSAGE``, and that line alone goes to the console (the stderr the job
+  started with); the exit status is 1;
+- any other exception: its traceback goes to the log and to the console.
+
+In the Snakemake process, :func:`report_failed_jobs` (called from the Snakefile's ``onerror``)
+prints each failed job's one line again at exit, so that it is the last line on the console.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import re
 import sys
+import traceback
+from pathlib import Path
 from typing import Iterator
 
+from nas_core.errors import is_known, one_line
 from nas_core.gpu import acquire_gpus
 
+#: A duplicate of the job's original stderr (the console), saved by :func:`log_to`.
+_CONSOLE_FD: int | None = None
+_NAME: str | None = None
 
-def log_to(path: str | os.PathLike) -> None:
-    """Send everything this process prints (logging, warnings, tracebacks) to ``path``."""
+
+def log_to(path: str | os.PathLike, name: str | None = None) -> None:
+    """Send everything this process prints (logging, warnings, tracebacks) to ``path``, and
+    report an exception that ends the process as described in the module docstring (``name``:
+    the job's name for the one line, e.g. the rule name)."""
+    global _CONSOLE_FD, _NAME
+    if _CONSOLE_FD is None:
+        try:
+            _CONSOLE_FD = os.dup(2)
+        except OSError:
+            _CONSOLE_FD = None
+    _NAME = name
     stream = open(path, "w", buffering=1)
     os.dup2(stream.fileno(), 1)
     os.dup2(stream.fileno(), 2)
@@ -22,6 +54,142 @@ def log_to(path: str | os.PathLike) -> None:
         stream=sys.stderr,
         force=True,
     )
+    sys.excepthook = _excepthook
+
+
+def error_line(exc: BaseException, name: str | None = None) -> str:
+    """``rule NAME: error: MESSAGE`` (``error: MESSAGE`` without a name)."""
+    prefix = f"rule {name}: " if name else ""
+    return f"{prefix}error: {one_line(exc)}"
+
+
+def _console(text: str) -> None:
+    """Write to the job's original stderr (the console); nothing when it was not saved."""
+    if _CONSOLE_FD is None:
+        return
+    data = text.encode("utf-8", "replace")
+    try:
+        while data:
+            data = data[os.write(_CONSOLE_FD, data):]
+    except OSError:
+        pass
+
+
+def report_error(exc: BaseException, name: str | None = None) -> bool:
+    """Report ``exc``, which ends the job: the traceback to the log (stderr), and the one line
+    (known error) or the traceback (other) to the console.  Returns whether it was known."""
+    name = _NAME if name is None else name
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    known = is_known(exc)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    try:
+        sys.stderr.write(tb)
+        if known:
+            sys.stderr.write(error_line(exc, name) + "\n")
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - the log itself may be what failed (disk full)
+        pass
+    redirected = _CONSOLE_FD is not None
+    if known:
+        _console(error_line(exc, name) + "\n")
+    elif redirected:
+        _console(tb)
+    return known
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+    if isinstance(exc, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    if exc.__traceback__ is None:
+        exc = exc.with_traceback(tb)
+    report_error(exc)
+
+
+@contextlib.contextmanager
+def job_errors(name: str | None = None) -> Iterator[None]:
+    """Report an exception leaving the block (see :func:`report_error`) and exit with status
+    1; for code that cannot rely on :func:`log_to`'s exception hook (e.g. a thread)."""
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported, then exit 1
+        report_error(exc, name)
+        raise SystemExit(1) from None
+
+
+# -- in the Snakemake process ----------------------------------------------------------------
+_FAILED_BLOCK = re.compile(r"^Error in rule (?P<rule>\S+):$")
+_FAILED_LOG = re.compile(r"^\s+log: (?P<logs>.+) \(check log file\(s\) for error details\)$")
+
+
+def failed_job_errors(snakemake_log, workdir: str | os.PathLike = ".") -> list[str]:
+    """The one-line errors of the jobs that failed in a Snakemake run, read from the last line
+    of each failed job's log (those written by :func:`report_error` for a known error), in
+    the order the jobs failed.  ``snakemake_log`` is Snakemake's own log of the run (the
+    ``log`` an ``onerror`` handler gets: a path or a list of paths); unreadable ones are
+    skipped."""
+    paths = [snakemake_log] if isinstance(snakemake_log, (str, os.PathLike)) else \
+        list(snakemake_log or [])
+    lines: list[str] = []
+    for p in paths:
+        try:
+            lines += Path(p).read_text(errors="replace").splitlines()
+        except (OSError, TypeError):
+            continue
+    out: list[str] = []
+    rule = None
+    for line in lines:
+        m = _FAILED_BLOCK.match(line)
+        if m:
+            rule = m.group("rule")
+            continue
+        m = _FAILED_LOG.match(line)
+        if m and rule is not None:
+            for log in m.group("logs").split(", "):
+                last = _last_line(Path(workdir) / log)
+                if last and last.startswith(f"rule {rule}: error: ") and last not in out:
+                    out.append(last)
+            rule = None
+    return out
+
+
+def _last_line(path: Path, tail: int = 65536) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+def report_failed_jobs(snakemake_log: str | os.PathLike) -> list[str]:
+    """For a Snakefile's ``onerror``: print the failed jobs' one-line errors to stderr when
+    the Snakemake process exits, after Snakemake's own closing lines, so that they are the
+    last lines on the console.  Returns them.  Never raises: it runs on Snakemake's error
+    path."""
+    try:
+        errors = failed_job_errors(snakemake_log)
+    except Exception:  # noqa: BLE001 - a summary is not worth masking the real failure
+        return []
+    if errors:
+        atexit.register(_print_last, "\n".join(errors) + "\n")
+    return errors
+
+
+def _print_last(text: str) -> None:
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 @contextlib.contextmanager

@@ -156,8 +156,10 @@ class SeaweedS3:
 
     # --- admin helpers (signed with the server's credentials) ---------------------------------
 
-    def client(self):
-        """A boto3 S3 client signed with the server's admin credentials."""
+    def client(self, **config):
+        """A boto3 S3 client signed with the server's admin credentials; ``config``: more
+        ``botocore.config.Config`` settings (e.g. ``request_checksum_calculation=
+        "when_required"`` to upload without a checksum)."""
         import boto3
         from botocore.config import Config
 
@@ -165,7 +167,8 @@ class SeaweedS3:
             "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3,
-                                                                     "mode": "standard"}),
+                                                                     "mode": "standard"},
+                          **config),
         )
 
     def make_bucket(self, name: str, public_read: bool = False) -> None:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import logging
 import os
+import re
 import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from datafiles import write_graphene_nc
+from faultproxy import Cut, FaultProxy, Flip, Stall, Status
 from nas_core.data import DataError, DownloadError, download_data, load_data
 from nas_core.data import s3 as s3mod
 from s3server import free_ports, seaweedfs  # noqa: F401  (module-scoped fixture)
@@ -120,10 +125,10 @@ def test_wrong_checksum_leaves_nothing(remote, tmp_path):
 
 
 def test_disk_full_leaves_nothing(remote, tmp_path, monkeypatch):
-    def full(self, data):
+    def full(f, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(s3mod._HashingWriter, "write", full)
+    monkeypatch.setattr(s3mod, "_write", full)
     with pytest.raises(DownloadError, match=r"s3://public-data/.*disk full"):
         download_data(cfg(remote), tmp_path)
     assert leftovers(tmp_path / "graphene") == []
@@ -237,3 +242,212 @@ def test_netcdf_dataset_with_s3_source(remote, tmp_path):
 def test_unknown_source_key(tmp_path):
     with pytest.raises(DataError, match="unknown source key.*'bukket'"):
         download_data({"name": "graphene", "source": {"bukket": "x"}}, tmp_path)
+
+
+# -- transient faults, through a fault-injecting proxy in front of SeaweedFS ---------------------
+BLOB = 934_656  # bytes; the size in the original report
+STALL_S = 2.5  # how long a stalled proxy stays silent; read_timeout is 1 s
+
+
+@pytest.fixture(scope="module")
+def blobs(seaweedfs, tmp_path_factory):  # noqa: F811
+    """Objects in ``faults-data`` (public-read): ``crc.bin`` (single-part upload with boto3's
+    default CRC32 checksum: stored checksum and MD5 ETag), ``etag-only.bin`` (no checksum: MD5
+    ETag only) and ``multipart.bin`` (two parts, no checksum: nothing S3 offers is verifiable)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, BLOB, dtype=np.uint8).tobytes()
+    big = rng.integers(0, 256, 5 * 2**20 + 4096, dtype=np.uint8).tobytes()
+    seaweedfs.make_bucket("faults-data", public_read=True)
+    admin = seaweedfs.client()
+    admin.put_object(Bucket="faults-data", Key="crc.bin", Body=small)
+    no_checksum = seaweedfs.client(request_checksum_calculation="when_required")
+    no_checksum.put_object(Bucket="faults-data", Key="etag-only.bin", Body=small)
+    up = no_checksum.create_multipart_upload(Bucket="faults-data", Key="multipart.bin")
+    parts = []
+    for i, part in enumerate((big[: 5 * 2**20], big[5 * 2**20:]), 1):
+        r = no_checksum.upload_part(Bucket="faults-data", Key="multipart.bin",
+                                    UploadId=up["UploadId"], PartNumber=i, Body=part)
+        parts.append({"ETag": r["ETag"], "PartNumber": i})
+    no_checksum.complete_multipart_upload(Bucket="faults-data", Key="multipart.bin",
+                                          UploadId=up["UploadId"],
+                                          MultipartUpload={"Parts": parts})
+    return {"crc.bin": small, "etag-only.bin": small, "multipart.bin": big}
+
+
+@pytest.fixture(scope="module")
+def _proxy(seaweedfs):  # noqa: F811
+    with FaultProxy(seaweedfs.port, stall_s=STALL_S, timeout=10) as p:
+        yield p
+
+
+@pytest.fixture
+def proxy(_proxy, monkeypatch):
+    """The module's fault proxy with no faults scripted and no requests counted; tiny backoff."""
+    _proxy.reset()
+    monkeypatch.setattr(s3mod, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(s3mod, "BACKOFF_CAP", 0.05)
+    monkeypatch.setattr(s3mod, "_WARNED", set())
+    yield _proxy
+    _proxy.reset()
+
+
+def via(proxy, key="crc.bin", **source) -> dict:
+    src = {"endpoint_url": proxy.endpoint_url, "bucket": "faults-data", "key": key,
+           "max_attempts": 3, "connect_timeout": 1, "read_timeout": 1, **source}
+    return {"name": "netcdf", "path": key, "image_var": "x", "target_var": "y",
+            "task": "regression", "source": src}
+
+
+def dest_of(tmp_path, key="crc.bin") -> Path:
+    return tmp_path / "netcdf" / key
+
+
+def gets(proxy) -> list[str | None]:
+    """The Range header of each GET the proxy saw (None: the whole object)."""
+    return [r["range"] for r in proxy.requests if r["method"] == "GET"]
+
+
+def test_one_cut_mid_body_resumes_to_an_identical_file(blobs, proxy, tmp_path):
+    proxy.script("GET", [Cut(0.5)])
+    [dest] = download_data(via(proxy), tmp_path)
+    assert dest.read_bytes() == blobs["crc.bin"]
+    assert leftovers(dest.parent) == ["crc.bin"]
+    first, second = gets(proxy)
+    assert first is None and second.startswith("bytes=") and second != "bytes=0-"
+    assert s3mod.verification(dest)["checks"] == ["CRC32 (S3 checksum)", "MD5 (ETag)"]
+
+
+def test_one_stall_past_the_read_timeout_resumes(blobs, proxy, tmp_path):
+    proxy.script("GET", [Stall(0.6)])
+    [dest] = download_data(via(proxy), tmp_path)
+    assert dest.read_bytes() == blobs["crc.bin"]
+    assert len(gets(proxy)) == 2 and gets(proxy)[1].startswith("bytes=")
+
+
+def test_http_503_twice_then_success(blobs, proxy, tmp_path):
+    proxy.script("HEAD", [Status(503)])
+    proxy.script("GET", [Status(503), Status(503)])
+    [dest] = download_data(via(proxy), tmp_path)
+    assert dest.read_bytes() == blobs["crc.bin"]
+    assert (proxy.count("HEAD"), proxy.count("GET")) == (2, 3)
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_always_cut_names_the_cut_and_the_attempts(blobs, proxy, tmp_path, attempts):
+    proxy.always("GET", Cut(0.3))
+    with pytest.raises(DownloadError) as e:
+        download_data(via(proxy, max_attempts=attempts), tmp_path)
+    msg = str(e.value)
+    assert re.search(r"failed: connection cut after \d{1,3}(,\d{3})* of 934,656 bytes "
+                     rf"\(attempt {attempts} of {attempts}\)$", msg), msg
+    assert "\n" not in msg and "RetriesExceeded" not in msg
+    assert proxy.count("GET") == attempts  # exactly max_attempts requests, no hidden retries
+    assert proxy.count("HEAD") == 1
+    assert leftovers(dest_of(tmp_path).parent) == []
+
+
+def test_always_stalled_names_the_read_timeout(blobs, proxy, tmp_path):
+    proxy.always("GET", Stall(0.5))
+    with pytest.raises(DownloadError, match=r"read timed out after 1 s, at [\d,]+ of 934,656 "
+                                            r"bytes \(attempt 2 of 2\)$"):
+        download_data(via(proxy, max_attempts=2), tmp_path)
+    assert proxy.count("GET") == 2
+    assert leftovers(dest_of(tmp_path).parent) == []
+
+
+def test_head_503_every_time_counts_max_attempts(blobs, proxy, tmp_path):
+    proxy.always("HEAD", Status(503))
+    with pytest.raises(DownloadError, match=r"HTTP 503 from http://127\.0\.0\.1:\d+.* "
+                                            r"\(attempt 3 of 3\)$"):
+        download_data(via(proxy), tmp_path)
+    assert (proxy.count("HEAD"), proxy.count("GET")) == (3, 0)
+
+
+@pytest.mark.parametrize("key, check", [("crc.bin", r"CRC32 \(S3 checksum\)"),
+                                        ("etag-only.bin", r"MD5 \(ETag\)")])
+def test_flipped_bytes_fail_without_a_configured_sha256(blobs, proxy, tmp_path, key, check):
+    proxy.always("GET", Flip())
+    with pytest.raises(DownloadError, match=rf"checksum mismatch: {check} of the received bytes "
+                                            r"is \S+, the object's is \S+ \(attempt 3 of 3\)$"):
+        download_data(via(proxy, key), tmp_path)
+    assert proxy.count("GET") == 3  # damage on the way: each attempt starts over
+    assert leftovers(dest_of(tmp_path, key).parent) == []
+
+
+def test_flipped_once_restarts_and_succeeds(blobs, proxy, tmp_path):
+    proxy.script("GET", [Flip()])
+    [dest] = download_data(via(proxy, "etag-only.bin"), tmp_path)
+    assert dest.read_bytes() == blobs["etag-only.bin"]
+    assert gets(proxy) == [None, None]
+    assert s3mod.verification(dest)["checks"] == ["MD5 (ETag)"]
+
+
+def test_configured_sha256_mismatch_is_not_retried(blobs, proxy, tmp_path):
+    with pytest.raises(DownloadError, match=r"checksum mismatch: sha256 [0-9a-f]{64}, "
+                                            r"expected f{64}$"):
+        download_data(via(proxy, sha256="f" * 64), tmp_path)
+    assert proxy.count("GET") == 1
+
+
+def test_present_file_with_flipped_byte_is_downloaded_again(blobs, proxy, tmp_path):
+    """Same size, one byte different, no sha256 configured: the ETag catches it."""
+    dest = dest_of(tmp_path, "etag-only.bin")
+    dest.parent.mkdir(parents=True)
+    bad = bytearray(blobs["etag-only.bin"])
+    bad[1000] ^= 0xFF
+    dest.write_bytes(bytes(bad))
+    download_data(via(proxy, "etag-only.bin"), tmp_path)
+    assert dest.read_bytes() == blobs["etag-only.bin"]
+    assert proxy.count("GET") == 1
+    download_data(via(proxy, "etag-only.bin"), tmp_path)  # now verified: no GET
+    assert proxy.count("GET") == 1
+
+
+def test_nothing_verifiable_warns_once_and_records_size_only(blobs, proxy, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nas_core.data.s3")
+    proxy.script("GET", [Cut(0.5)])
+    [dest] = download_data(via(proxy, "multipart.bin"), tmp_path)
+    assert dest.read_bytes() == blobs["multipart.bin"]
+    download_data(via(proxy, "multipart.bin"), tmp_path)  # present: kept, no second warning
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "only the size is checked" in r.getMessage()]
+    assert len(warned) == 1 and "multipart ETag" in warned[0], warned
+    assert s3mod.verification(dest)["checks"] == []
+    assert any("verified: size only" in r.getMessage() for r in caplog.records)
+
+
+def test_checks_are_logged(blobs, proxy, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nas_core.data.s3")
+    c = via(proxy)
+    c["source"]["sha256"] = hashlib.sha256(blobs["crc.bin"]).hexdigest()
+    [dest] = download_data(c, tmp_path)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "verified: sha256 (configured), CRC32 (S3 checksum), MD5 (ETag)" in text
+    rec = s3mod.verification(dest)
+    assert rec["size"] == BLOB and rec["etag"] == hashlib.md5(blobs["crc.bin"]).hexdigest()
+
+
+def test_download_manifest_names_the_checks(blobs, proxy, tmp_path):
+    """download.json (the workflow's download output) says which checks were applied."""
+    manifest = tmp_path / "download.json"
+    download_data(via(proxy), tmp_path, manifest=manifest)
+    entry = json.loads(manifest.read_text())
+    if "verification" not in entry:
+        pytest.fail("download_data(manifest=...) must add the nas_core.data.s3.verification() "
+                    "record of each downloaded file under 'verification'")
+    assert [v["checks"] for v in entry["verification"]] == [["CRC32 (S3 checksum)",
+                                                             "MD5 (ETag)"]]
+
+
+def test_max_attempts_must_be_positive(tmp_path):
+    with pytest.raises(DataError, match="max_attempts must be a positive integer"):
+        download_data({"name": "graphene", "source": {"max_attempts": 0}}, tmp_path)
+
+
+def test_read_only_target_folder_is_one_line(blobs, proxy, tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path))
+
+    monkeypatch.setattr(s3mod.tempfile, "mkstemp", refuse)
+    with pytest.raises(DownloadError, match=r"failed: Read-only file system: /"):
+        download_data(via(proxy), tmp_path)

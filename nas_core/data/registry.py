@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from nas_core.checkpoint import atomic_write_json
+
 from .base import DataBundle, DataError
+from .s3 import verification
 from .options import REQUIRED, Option
 
 Loader = Callable[[dict, Path], DataBundle]
@@ -113,10 +116,10 @@ def download_data(cfg: dict, root: str | Path = "resources",
     folder = Path(root) / spec.name
     files = dataset_files(cfg, root) if spec.downloader is None else spec.downloader(opts, folder)
     if manifest is not None:
-        from nas_core.checkpoint import atomic_write_json
-
+        checks = [v for v in map(verification, files) if v is not None]
         atomic_write_json(manifest, {"data": cfg, "root": str(root),
-                                     "files": sorted(str(f) for f in files)})
+                                     "files": sorted(str(f) for f in files),
+                                     **({"verification": checks} if checks else {})})
     return files
 
 

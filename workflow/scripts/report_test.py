@@ -4,7 +4,7 @@
 
 from nas_core.jobs import log_to
 
-log_to(snakemake.log[0])
+log_to(snakemake.log[0], snakemake.rule)
 
 from nas_core import report  # noqa: E402
 

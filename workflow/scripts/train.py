@@ -4,7 +4,7 @@ from pathlib import Path
 
 from nas_core.jobs import gpu_job, log_to
 
-log_to(snakemake.log[0])
+log_to(snakemake.log[0], snakemake.rule)
 
 with gpu_job(snakemake.resources.gpu, snakemake.threads):
     from nas_core.stages import run_train
