@@ -17,8 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 from nas_core import __version__
-from nas_core.config import STAGES, ConfigError, describe, merge
+from nas_core.checkpoint import dumps_json
+from nas_core.config import STAGES, ConfigError, describe
+from nas_core.data import download_data
+from nas_core.errors import is_known, one_line
+from nas_core.resolve import DatasetConfig, resolve_dataset
+from nas_core.stages import run_genotype, run_search, run_test, run_train
+from nas_core.stages.common import setup_logging
 
 COMMANDS = ("download", "search", "genotype", "train", "test")
 
@@ -31,15 +39,13 @@ class CliError(ValueError):
 def _load_yaml(path: str | None) -> dict:
     if path is None:
         return {}
-    import yaml
-
     try:
         with open(path, encoding="utf-8") as f:
             doc = yaml.safe_load(f)
     except OSError as exc:
         raise CliError(f"config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        first = " ".join(str(exc).split())[:200]
+        first = one_line(exc, 200)
         raise CliError(f"config file {path}: not valid YAML: {first}") from None
     if doc is None:
         return {}
@@ -49,8 +55,6 @@ def _load_yaml(path: str | None) -> dict:
 
 
 def _parse_set(items: Sequence[str], default_stage: str | None) -> dict[str, dict[str, Any]]:
-    import yaml
-
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         if "=" not in item:
@@ -79,6 +83,14 @@ def resolve_config(config: str | None, dataset: str | None, sets: Sequence[str],
     """``(dataset name, {"data": ..., "search": ..., "train": ..., "test": ...})`` from a config
     file in the workflow's format, a dataset name and ``--set`` overrides (not yet validated:
     the stage validates its block)."""
+    name, resolved = _resolve(config, dataset, sets, default_stage, validate=False)
+    return name, resolved.blocks()
+
+
+def _resolve(config: str | None, dataset: str | None, sets: Sequence[str],
+             default_stage: str | None, *, validate: bool) -> tuple[str, DatasetConfig]:
+    """The dataset's settings through :func:`nas_core.resolve.resolve_dataset`, the resolver
+    the workflow uses too."""
     doc = _load_yaml(config)
     datasets = doc.get("datasets") or {}
     if not isinstance(datasets, dict):
@@ -93,22 +105,11 @@ def resolve_config(config: str | None, dataset: str | None, sets: Sequence[str],
         else:
             known = ", ".join(datasets) if datasets else "none in the config"
             raise CliError(f"choose a dataset with --dataset (known: {known})")
-    block = datasets.get(dataset) or {}
-    if not isinstance(block, dict):
-        raise CliError(f"config file {config}: datasets.{dataset} must be a mapping")
-    out: dict[str, dict] = {}
-    for name in ("data",) + STAGES:
-        shared = doc.get(name) if name != "data" else None
-        own = block.get(name)
-        for what, part in (("", shared), (f"datasets.{dataset}.", own)):
-            if part is not None and not isinstance(part, dict):
-                raise CliError(f"config file {config}: {what}{name} must be a mapping")
-        try:
-            out[name] = merge(shared, own, overrides.get(name))
-        except ConfigError as exc:
-            raise CliError(str(exc)) from None
-    out["data"].setdefault("name", dataset)
-    return dataset, out
+    try:
+        return dataset, resolve_dataset(doc, dataset, overrides, validate=validate)
+    except ConfigError as exc:
+        where = f"config file {config}: " if config else ""
+        raise CliError(f"{where}{exc}") from None
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -133,8 +134,9 @@ def _common(p: argparse.ArgumentParser, stage: str | None) -> None:
                    help="override one config key, e.g. search.epochs=3 or data.seed=1; a key "
                         f"without a block means {stage + '.' if stage else 'data.'}KEY; "
                         "repeatable (default: none)")
-    p.add_argument("--data-root", metavar="DIR", default="resources",
-                   help="folder of the datasets' files (default: resources)")
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder of the datasets' files (default: the workflow's: resources, "
+                        "or resources/NAME when data.name differs from NAME)")
     p.add_argument("--log", metavar="FILE", default=None,
                    help="also write the log to FILE (default: stderr only)")
 
@@ -214,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd == "genotype":
-        from nas_core.stages import run_genotype
-
         base = Path("results") / args.dataset if args.dataset else None
         source = args.source or (str(base / "search" / "alphas.json") if base else None)
         if source is None:
@@ -223,32 +223,21 @@ def _run(args: argparse.Namespace) -> Any:
         out = args.out or (base / "genotype.json" if base else Path("genotype.json"))
         return {"genotype": run_genotype(source, out).to_dict(), "output": str(out)}
 
-    name, cfg = resolve_config(args.config, args.dataset, args.sets,
-                               None if cmd == "download" else cmd)
-    base = Path("results") / name
+    name, ds = _resolve(args.config, args.dataset, args.sets,
+                        None if cmd == "download" else cmd, validate=False)
+    base, root = ds.results, args.data_root or ds.data_root
     if cmd == "download":
-        from nas_core.data import download_data
-
-        return {"files": [str(p) for p in download_data(cfg["data"], args.data_root)]}
+        return {"files": [str(p) for p in download_data(ds.data, root)]}
     if cmd == "search":
-        from nas_core.stages import run_search
-
-        return run_search(cfg["data"], cfg["search"], args.out or base / "search",
-                          data_root=args.data_root, device=args.device)
+        return run_search(ds.data, ds.search, args.out or base / "search", data_root=root,
+                          device=args.device)
     if cmd == "train":
-        from nas_core.stages import run_train
-
-        return run_train(cfg["data"], cfg["train"], args.genotype or base / "genotype.json",
-                         args.out or base / "train", data_root=args.data_root,
-                         device=args.device)
+        return run_train(ds.data, ds.train, args.genotype or base / "genotype.json",
+                         args.out or base / "train", data_root=root, device=args.device)
     if cmd == "test":
-        from nas_core.stages import run_test
-
-        return run_test(cfg["data"], cfg["train"], cfg["test"],
-                        args.genotype or base / "genotype.json",
+        return run_test(ds.data, ds.train, ds.test, args.genotype or base / "genotype.json",
                         args.model or base / "train" / "model.pt",
-                        args.out or base / "test.json", data_root=args.data_root,
-                        device=args.device)
+                        args.out or base / "test.json", data_root=root, device=args.device)
     raise CliError(f"unknown command {cmd!r}")  # pragma: no cover
 
 
@@ -256,20 +245,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 error with a one-line message, 2 usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from nas_core.stages.common import StageError, setup_logging
-
     remove_logging = setup_logging(args.log)
     try:
         result = _run(args)
-    except (ValueError, StageError, OSError) as exc:
-        if os.environ.get("NAS_CORE_DEBUG"):
+    except Exception as exc:  # noqa: BLE001 (known errors become one line, others propagate)
+        if os.environ.get("NAS_CORE_DEBUG") or not (
+                is_known(exc) or isinstance(exc, (ValueError, OSError))):
             raise
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+        msg = one_line(exc)
         print(f"python -m nas_core {args.command}: error: {msg}", file=sys.stderr)
         return 1
     finally:
         remove_logging()
-    from nas_core.checkpoint import dumps_json
-
     sys.stdout.write(dumps_json(result))
     return 0

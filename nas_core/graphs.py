@@ -1,4 +1,6 @@
-"""A DARTS search step captured once as a CUDA graph and replayed (opt-in).
+"""The DARTS search step as an object: eager (:class:`EagerSearchStep`) or captured once as a
+CUDA graph and replayed (:class:`GraphedSearchStep`, opt-in); both are called as
+``step(batch_train, batch_val, lr) -> (loss, logits)``, so the search loop has one call.
 
 At the paper's batch of 64 a search step on a modern GPU is bound by the CPU: tens of
 thousands of small kernels, each launched by Python and the autograd engine.  Replaying the
@@ -34,9 +36,41 @@ import torch.nn as nn
 
 from nas_core.architect import Architect, search_step
 
-__all__ = ["GraphedSearchStep"]
+__all__ = ["EagerSearchStep", "GraphedSearchStep", "make_search_step"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class EagerSearchStep:
+    """``step(batch_train, batch_val, lr) -> (loss, logits)``: :func:`nas_core.architect.search_step`
+    under autocast to ``amp_dtype`` (None: full precision), with this object's ``grad_clip``."""
+
+    def __init__(self, model: nn.Module, architect: Architect,
+                 w_optimizer: torch.optim.Optimizer, grad_clip: float | None,
+                 amp_dtype: torch.dtype | None = None):
+        self.model = model
+        self.architect = architect
+        self.w_optimizer = w_optimizer
+        self.grad_clip = grad_clip
+        self.amp_dtype = amp_dtype
+        self.device = next(model.parameters()).device
+
+    def __call__(self, batch_train: Batch, batch_val: Batch,
+                 lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = (contextlib.nullcontext() if self.amp_dtype is None
+               else torch.autocast(device_type=self.device.type, dtype=self.amp_dtype))
+        with ctx:
+            return search_step(self.model, self.architect, self.w_optimizer, batch_train,
+                               batch_val, lr, self.grad_clip)
+
+
+def make_search_step(model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
+                     grad_clip: float | None, amp_dtype: torch.dtype | None = None, *,
+                     cuda_graphs: bool = False) -> "EagerSearchStep | GraphedSearchStep":
+    """The search step object: graphed when ``cuda_graphs``, else eager.  Build it after a
+    checkpoint is restored (the graphed step switches the arch optimizer's state)."""
+    cls = GraphedSearchStep if cuda_graphs else EagerSearchStep
+    return cls(model, architect, w_optimizer, grad_clip, amp_dtype)
 
 
 def _signature(*tensors: torch.Tensor) -> tuple:
@@ -55,8 +89,8 @@ def _graph_key(signature: tuple, optimizers: tuple[torch.optim.Optimizer, ...],
 
 
 class GraphedSearchStep:
-    """``step(batch_train, batch_val, lr) -> (loss, logits)``, like
-    :func:`nas_core.architect.search_step` with this object's ``grad_clip`` and autocast dtype.
+    """``step(batch_train, batch_val, lr) -> (loss, logits)`` (the object is called), like
+    :class:`EagerSearchStep`, replayed from a CUDA graph.
 
     ``graph_steps`` / ``eager_steps`` count how the calls ran.
     """

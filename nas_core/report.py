@@ -8,7 +8,8 @@
 - :func:`train_figure`: training curves from ``train/history.json``.
 - :func:`test_figure`: the test metrics of ``test.json``.
 
-matplotlib runs with the Agg backend (no screen needed); torch is not imported.
+matplotlib runs with the Agg backend (no screen needed).  Metric names and labels come from
+:mod:`nas_core.tasks`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas_core.fileio import atomic_write_bytes, atomic_write_text
+from nas_core.tasks import Task, task_of_metric
 from nas_core.ops import PRIMITIVES as DEFAULT_PRIMITIVES  # the alphas' column order
 
 log = logging.getLogger(__name__)
@@ -59,15 +61,9 @@ def _save(fig, out: str | os.PathLike) -> None:
 # -- curves -------------------------------------------------------------------------------
 
 
-def _metric_name(history: dict) -> str:
-    if history.get("metric"):
-        return str(history["metric"])
-    for rec in history.get("epochs", []):
-        for part in ("train", "valid"):
-            for key in ("top1", "r2"):
-                if isinstance(rec.get(part), dict) and key in rec[part]:
-                    return key
-    return "top1"
+def _task(history: dict) -> Task:
+    """The task of a stage's history.json, from the metric it records (top-1 if none)."""
+    return task_of_metric(str(history.get("metric") or "top1"))
 
 
 def _series(epochs: list[dict], part: str, key: str) -> tuple[list[int], list[float]]:
@@ -89,8 +85,8 @@ def curves_figure(history_path: str | os.PathLike, out: str | os.PathLike, title
 
     history = _read_json(history_path)
     epochs = history.get("epochs", [])
-    metric = _metric_name(history)
-    label = {"top1": "top-1 accuracy (%)", "r2": "R²"}.get(metric, metric)
+    task = _task(history)
+    metric, label = task.metric, task.metric_label
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key, ylabel in ((axes[0], "loss", "loss"), (axes[1], metric, label)):
         for part, style in (("train", "-o"), ("valid", "-s")):

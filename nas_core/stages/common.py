@@ -1,5 +1,5 @@
 """What the stages share: device / precision resolution, deterministic mode, logging and
-progress, seeded data order and augmentation, running metrics, the test-only kill hook.
+progress, seeded data order and augmentation.
 
 Data order (see docs/architecture.md, "Resume and determinism"): every epoch's permutation of a
 part of the data is drawn from a ``torch.Generator`` seeded by ``derive_seed(seed, epoch, tag)``
@@ -17,18 +17,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import random
-import signal
 import sys
-import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from nas_core.data.transforms import Cutout
 
 __all__ = [
     "StageError",
@@ -44,18 +45,18 @@ __all__ = [
     "epoch_batches",
     "SeededDataset",
     "make_loader",
-    "Meter",
-    "maybe_kill",
+    "format_metrics",
     "remove_files",
+    "state_dict_cpu",
     "KILL_ENV",
 ]
 
 log = logging.getLogger("nas_core.stages")
 
-#: Test-only hook: ``NAS_CORE_TEST_KILL_AT_STEP=N`` makes a search/train process SIGKILL itself
-#: right after global optimisation step N (1-based, counted over all epochs: ``epoch *
-#: steps_per_epoch + step_in_epoch``), after the checkpoint that step may write.  Never set it
-#: outside tests.
+#: Test-only hook (read by ``nas_core.stages.loop``): ``NAS_CORE_TEST_KILL_AT_STEP=N`` makes a
+#: search/train process SIGKILL itself right after global optimisation step N (1-based, counted
+#: over all epochs: ``epoch * steps_per_epoch + step_in_epoch``), after the checkpoint that step
+#: may write.  Never set it outside tests.
 KILL_ENV = "NAS_CORE_TEST_KILL_AT_STEP"
 
 
@@ -177,8 +178,6 @@ def progress(total: int, initial: int, desc: str):
     """A tqdm bar on stderr with rate and ETA, redrawn at most every
     ``NAS_CORE_PROGRESS_INTERVAL`` seconds (default 30; logs stay short).
     ``NAS_CORE_PROGRESS=0`` switches it off."""
-    from tqdm import tqdm
-
     interval = float(os.environ.get("NAS_CORE_PROGRESS_INTERVAL", "30"))
     disable = os.environ.get("NAS_CORE_PROGRESS", "1") == "0"
     return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, mininterval=interval,
@@ -223,8 +222,6 @@ class SeededDataset(Dataset):
         self.seed = int(seed)
         self.cutout = None
         if cutout > 0:
-            from nas_core.data.transforms import Cutout
-
             self.cutout = Cutout(cutout)
 
     def __len__(self) -> int:
@@ -262,76 +259,11 @@ def make_loader(dataset: Dataset, batches: Sequence[Sequence[Any]], num_workers:
                       persistent_workers=False)
 
 
-# -- metrics ----------------------------------------------------------------------------------
-class Meter:
-    """Running sums over an epoch, resumable (:meth:`state` / :meth:`load` are plain floats).
-
-    Classification: mean loss and top-1 (percent).  Regression: mean loss and R^2 over every
-    sample seen (``1 - SSE / SST`` with float64 sums), not an average over batches.
-    """
-
-    def __init__(self, task: str):
-        self.task = task
-        self.sums: dict[str, float] = {"n": 0.0, "loss": 0.0, "correct": 0.0, "sy": 0.0,
-                                       "syy": 0.0, "sse": 0.0}
-
-    def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
-        n = int(target.shape[0])
-        s = self.sums
-        s["n"] += n
-        s["loss"] += float(loss) * n
-        with torch.no_grad():
-            if self.task == "classification":
-                s["correct"] += float((output.argmax(dim=1) == target).sum())
-            else:
-                p = output.detach().reshape(-1).double()
-                y = target.detach().reshape(-1).double()
-                s["sy"] += float(y.sum())
-                s["syy"] += float((y * y).sum())
-                s["sse"] += float(((y - p) ** 2).sum())
-
-    def result(self) -> dict[str, float | None]:
-        s = self.sums
-        n = s["n"]
-        if n == 0:
-            return {"loss": None, ("top1" if self.task == "classification" else "r2"): None}
-        out: dict[str, float | None] = {"loss": s["loss"] / n}
-        if self.task == "classification":
-            out["top1"] = 100.0 * s["correct"] / n
-        else:
-            sst = s["syy"] - s["sy"] * s["sy"] / n
-            out["r2"] = 1.0 - s["sse"] / sst if sst > 0 else None
-        return out
-
-    def state(self) -> dict[str, float]:
-        return dict(self.sums)
-
-    def load(self, state: dict[str, float]) -> "Meter":
-        self.sums = {k: float(v) for k, v in state.items()}
-        return self
-
-
-def metric_name(task: str) -> str:
-    return "top1" if task == "classification" else "r2"
-
-
 def format_metrics(m: dict[str, Any]) -> str:
     return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
 
 
 # -- misc ---------------------------------------------------------------------------------------
-def kill_step() -> int | None:
-    """The global step of the test-only kill hook (None when unset)."""
-    value = os.environ.get(KILL_ENV)
-    return int(value) if value else None
-
-
-def maybe_kill(kill_at: int | None, global_step: int) -> None:
-    """Test-only: SIGKILL this process when ``global_step == kill_at``."""
-    if kill_at is not None and global_step == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def remove_files(paths: Sequence[Path]) -> None:
     """Delete a stage's previous outputs, so that a failed run leaves none behind."""
     for p in paths:
@@ -341,65 +273,11 @@ def remove_files(paths: Sequence[Path]) -> None:
             pass
 
 
-class Timer:
-    """Wall-clock seconds for timings.json (never written into compared outputs)."""
-
-    def __init__(self, already: float = 0.0):
-        self.start = time.perf_counter()
-        self.already = already
-
-    def seconds(self) -> float:
-        return self.already + time.perf_counter() - self.start
-
-
 def state_dict_cpu(model: torch.nn.Module) -> dict:
     """The model's state dict on the CPU, contiguous (canonical bytes), metadata kept."""
-    from collections import OrderedDict
-
     sd = model.state_dict()
     out = OrderedDict((k, v.detach().to("cpu", copy=True).contiguous()) for k, v in sd.items())
     meta = getattr(sd, "_metadata", None)
     if meta is not None:
         out._metadata = meta  # type: ignore[attr-defined]
     return out
-
-
-class Checkpointer:
-    """Saves and restores one stage run: its stateful objects (anything with ``state_dict`` /
-    ``load_state_dict``, stored under their names), the RNG states and the loop position."""
-
-    def __init__(self, path: Path, fingerprint: str, stage: str, stateful: dict[str, Any]):
-        self.path, self.fingerprint, self.stage, self.stateful = path, fingerprint, stage, stateful
-
-    def restore(self) -> dict[str, Any] | None:
-        """Load the checkpoint into the stateful objects and the RNGs; its dict, or None."""
-        from nas_core.checkpoint import load_checkpoint, set_rng_state
-
-        ckpt = load_checkpoint(self.path, self.fingerprint)
-        if ckpt is None:
-            return None
-        for name, obj in self.stateful.items():
-            obj.load_state_dict(ckpt[name])
-        set_rng_state(ckpt["rng"])
-        log.info("resuming from %s at epoch %d step %d", self.path, ckpt["epoch"], ckpt["step"])
-        return ckpt
-
-    def save(self, epoch: int, step: int, **extra: Any) -> None:
-        """Checkpoint at ``step`` steps into ``epoch``, with ``extra`` plain values."""
-        from nas_core.checkpoint import get_rng_state, save_checkpoint
-
-        state: dict[str, Any] = {"stage": self.stage, "epoch": epoch, "step": step}
-        for name, obj in self.stateful.items():
-            state[name] = (state_dict_cpu(obj) if isinstance(obj, torch.nn.Module)
-                           else obj.state_dict())
-        state["rng"] = get_rng_state()
-        state.update(extra)
-        save_checkpoint(self.path, state, self.fingerprint)
-
-
-def lr_of(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None

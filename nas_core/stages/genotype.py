@@ -9,7 +9,11 @@ from pathlib import Path
 from nas_core.checkpoint import atomic_write_text
 from nas_core.genotypes import (Genotype, GenotypeError, derive_genotype, get_genotype,
                                 parse_legacy_genotype)
+from nas_core.legacy import read_search_log
+from nas_core.resolve import genotype_source_kind
 from nas_core.stages.common import StageError
+
+__all__ = ["run_genotype", "load_genotype_source", "load_genotype_file", "ALPHAS_FORMAT"]
 
 log = logging.getLogger("nas_core.stages.genotype")
 
@@ -46,8 +50,6 @@ def _legacy_expression(text: str) -> str | None:
 
 
 def _from_text(path: Path, text: str) -> Genotype:
-    from nas_core.legacy import read_search_log
-
     source = str(path)
     if "genotype = Genotype(" in text:  # a train_search.py log: its last logged genotype
         try:
@@ -72,11 +74,12 @@ def load_genotype_source(source: str | Path) -> Genotype:
     """A Genotype from ``source``: an existing file (``alphas.json`` of the search stage, a
     genotype JSON, a JSON object with a ``"genotype"`` entry such as ``test.json``, a legacy
     ``train_search.py`` log.txt, or any text holding a legacy ``Genotype(...)``), else a
-    published genotype name (:func:`nas_core.genotypes.get_genotype`)."""
+    published genotype name (:func:`nas_core.genotypes.get_genotype`); a missing file is an
+    error when ``source`` looks like a path (:func:`nas_core.resolve.genotype_source_kind`)."""
     path = Path(source)
     if not path.is_file():
         text_source = str(source)
-        if path.suffix in (".json", ".txt", ".log") or "/" in text_source:
+        if genotype_source_kind(text_source) == "file":
             raise StageError(f"genotype source {text_source}: no such file")
         try:
             return get_genotype(text_source)

@@ -26,73 +26,37 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from nas_core import __version__
+from nas_core.architect import Architect
 from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
 from nas_core.config import NON_RESULT_KEYS, ConfigError, validate_stage_cfg
+from nas_core.data import DataBundle, load_data, split_indices
+from nas_core.graphs import make_search_step
+from nas_core.model_search import SearchNetwork
+from nas_core.stages.common import (SeededDataset, epoch_batches, remove_files, seed_everything,
+                                    state_dict_cpu)
 from nas_core.stages.genotype import ALPHAS_FORMAT
-from nas_core.stages.common import (Checkpointer, Meter, SeededDataset, Timer, autocast,
-                                    determinism, epoch_batches, format_metrics, kill_step,
-                                    lr_of, make_loader, maybe_kill, metric_name, progress,
-                                    remove_files, resolve_amp, resolve_channels_last,
-                                    resolve_device, seed_everything, state_dict_cpu)
+from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
+from nas_core.stages.runtime import Batch, Runtime, evaluate
+from nas_core.tasks import get_task
+
+__all__ = ["run_search", "alphas_document", "OUTPUTS"]
 
 log = logging.getLogger("nas_core.stages.search")
 
 OUTPUTS = ("alphas.json", "supernet.pt", "history.json", "timings.json")
 
 
-def make_loss_fn(task: str):
-    """Cross entropy for classification; MSE on ``output.squeeze(-1)`` for regression."""
-    if task == "classification":
-        return lambda out, y: F.cross_entropy(out.float(), y)
-    return lambda out, y: F.mse_loss(out.squeeze(-1).float(), y.float())
-
-
-def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, indices, *, batch_size: int,
-             max_batches: int | None, task: str, loss_fn, device: torch.device,
-             amp_dtype, channels_last: bool, num_workers: int, eval_output=None) -> dict:
-    """Loss and metric of ``model`` (eval mode) on ``dataset[indices]`` in order; at most
-    ``max_batches`` batches.  Returns ``{"loss", "top1"|"r2"}`` (None values when empty)."""
-    batches = [list(indices[k:k + batch_size]) for k in range(0, len(indices), batch_size)]
-    if max_batches is not None:
-        batches = batches[:max_batches]
-    meter = Meter(task)
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in make_loader(dataset, batches, num_workers, device):
-            x, y = to_device(x, y, device, channels_last)
-            with autocast(device, amp_dtype):
-                out = model(x)
-                if eval_output is not None:
-                    out = eval_output(out)
-                loss = loss_fn(out, y)
-            meter.update(loss, out.float() if task == "classification" else
-                         out.squeeze(-1).float(), y)
-    finally:
-        model.train(was_training)
-    return meter.result()
-
-
 def _matrix(t: torch.Tensor) -> list:
     return t.detach().float().cpu().tolist()
 
 
-def alphas_document(model, epochs: int) -> dict[str, Any]:
-    """The plain-JSON content of ``alphas.json`` (see :func:`run_search`)."""
+def alphas_document(model: SearchNetwork, epochs: int) -> dict[str, Any]:
+    """The plain-JSON content of ``alphas.json`` (see the module docstring)."""
     wn, wr = model.arch_weights()
     en, er = model.edge_weights()
     doc: dict[str, Any] = {
@@ -114,6 +78,50 @@ def alphas_document(model, epochs: int) -> dict[str, Any]:
     return doc
 
 
+class _Search(EpochStage):
+    """One epoch of bilevel search: batches of the weight half, the alpha half cycled."""
+
+    def __init__(self, cfg: dict, bundle: DataBundle, runtime: Runtime, model: SearchNetwork,
+                 w_opt: torch.optim.Optimizer):
+        self.cfg, self.bundle, self.runtime, self.model = cfg, bundle, runtime, model
+        self.task = get_task(bundle.task)
+        self.w_idx, self.a_idx = split_indices(len(bundle.train), cfg["train_portion"],
+                                               cfg["seed"])
+        self.architect = Architect(model, self.task.loss, w_opt, order=cfg["order"],
+                                   arch_lr=cfg["arch_lr"],
+                                   arch_weight_decay=cfg["arch_weight_decay"])
+        self.w_opt = w_opt
+        self.search_step = None
+
+    def prepare(self) -> None:  # after the restore: the arch optimizer's state is final
+        try:
+            self.search_step = make_search_step(
+                self.model, self.architect, self.w_opt, self.cfg["grad_clip"],
+                self.runtime.amp_dtype, cuda_graphs=self.cfg["cuda_graphs"])
+        except ValueError as e:
+            raise ConfigError(f"search.{e}") from None
+
+    def schedule(self, epoch: int) -> Sequence[list]:
+        bs, seed = self.cfg["batch_size"], self.cfg["seed"]
+        return (epoch_batches(self.w_idx, bs, seed, epoch, "search-weights"),
+                epoch_batches(self.a_idx, bs, seed, epoch, "search-alphas"))
+
+    def step(self, batches: Sequence[Batch], lr: float):
+        weights, alphas = batches
+        loss, out = self.search_step(weights, alphas, lr)
+        return loss, out, weights[1]
+
+    def end_epoch(self, record: dict) -> str:
+        record["valid"] = evaluate(self.model, self.bundle.train_eval, self.a_idx, self.task,
+                                   self.runtime, batch_size=self.cfg["batch_size"],
+                                   max_batches=self.cfg["max_steps_per_epoch"])
+        wn, wr = self.model.arch_weights()
+        genotype = self.model.genotype()
+        record["alphas"] = {"normal": _matrix(wn), "reduce": _matrix(wr)}
+        record["genotype"] = genotype.to_dict()
+        return f" genotype {genotype.to_legacy()}"
+
+
 def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | Path = "resources",
                device: str | torch.device | None = None) -> dict:
     """Run (or resume) the DARTS search; see the module docstring and docs/architecture.md.
@@ -122,156 +130,54 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     (dict), ``"train"`` / ``"valid"`` (metrics of the last epoch) and ``"resumed_from"``
     (``[epoch, step]`` or None).
     """
-    from nas_core.architect import Architect, search_step
-    from nas_core.data import load_data, split_indices
-    from nas_core.graphs import GraphedSearchStep
-    from nas_core.model_search import SearchNetwork
-
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in OUTPUTS}
     remove_files(list(paths.values()))  # first: a failing run leaves no old outputs behind
     cfg = validate_stage_cfg("search", cfg)
-    dev = resolve_device(device)
-    if cfg["cuda_graphs"] and dev.type != "cuda":
-        raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on {dev}")
-    amp_dtype = resolve_amp(cfg["amp"], dev)
-    channels_last = resolve_channels_last(cfg["channels_last"], dev, amp_dtype)
-
+    runtime = Runtime.resolve(cfg, device)
+    if cfg["cuda_graphs"] and runtime.device.type != "cuda":
+        raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on {runtime.device}")
     bundle = load_data(data, data_root)
-    task = bundle.task
-    n = len(bundle.train)
-    w_idx, a_idx = split_indices(n, cfg["train_portion"], cfg["seed"])
-    fp = fingerprint({
-        "stage": "search",
-        "data": data,
-        "data_source": bundle.source,
-        "cfg": {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS},
-    })
-    log.info("search on %s (%s, %d samples: %d for weights, %d for alphas) on %s, amp %s, "
-             "channels_last %s", bundle.name, task, n, len(w_idx), len(a_idx), dev,
-             amp_dtype, channels_last)
+    fp = fingerprint({"stage": "search", "data": data, "data_source": bundle.source,
+                      "cfg": {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}})
 
-    with determinism(cfg["deterministic"], dev):
+    with runtime.determinism():
         seed_everything(cfg["seed"])
-        model = SearchNetwork(bundle.in_channels, cfg["init_channels"], bundle.num_outputs,
-                              cfg["layers"], steps=cfg["steps"], multiplier=cfg["multiplier"],
-                              partial_channels=cfg["partial_channels"]).to(dev)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        loss_fn = make_loss_fn(task)
+        model = runtime.model(SearchNetwork(
+            bundle.in_channels, cfg["init_channels"], bundle.num_outputs, cfg["layers"],
+            steps=cfg["steps"], multiplier=cfg["multiplier"],
+            partial_channels=cfg["partial_channels"]))
         w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg["lr"],
                                 momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg["epochs"],
                                                            eta_min=cfg["lr_min"])
-        architect = Architect(model, loss_fn, w_opt, order=cfg["order"], arch_lr=cfg["arch_lr"],
-                              arch_weight_decay=cfg["arch_weight_decay"])
-
-        start_epoch, start_step = 0, 0
-        history: list[dict] = []
-        timings: list[dict] = []
-        meter = Meter(task)
-        partial_seconds = 0.0
-        ckpt_path = out_dir / "checkpoints" / "last.pt"
-        checkpointer = Checkpointer(ckpt_path, fp, "search", {
+        stage = _Search(cfg, bundle, runtime, model, w_opt)
+        log.info("search on %s (%s, %d samples: %d for weights, %d for alphas) on %s",
+                 bundle.name, bundle.task, len(bundle.train), len(stage.w_idx),
+                 len(stage.a_idx), runtime.describe())
+        checkpointer = Checkpointer(out_dir / "checkpoints" / "last.pt", fp, "search", {
             "model": model, "w_optimizer": w_opt,
-            "arch_optimizer": architect.arch_optimizer, "scheduler": sched})
-        ckpt = checkpointer.restore()
-        resumed_from = None
-        if ckpt is not None:
-            start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
-            history, timings = list(ckpt["history"]), list(ckpt["timings"])
-            meter.load(ckpt["meter"])
-            partial_seconds = float(ckpt["epoch_seconds"])
-            resumed_from = [start_epoch, start_step]
-        del ckpt
-        graphed = None
-        if cfg["cuda_graphs"]:  # after the restore: the arch optimizer's state is final
-            try:
-                graphed = GraphedSearchStep(model, architect, w_opt, cfg["grad_clip"], amp_dtype)
-            except ValueError as e:
-                raise ConfigError(f"search.{e}") from None
-
-        def checkpoint(epoch: int, step: int, seconds: float) -> None:
-            checkpointer.save(epoch, step, meter=meter.state(), history=history,
-                              timings=timings, epoch_seconds=seconds)
-
-        train_set = SeededDataset(bundle.train, cfg["seed"])
-        kill_at = kill_step()
-        metric = metric_name(task)
-        bs, max_steps = cfg["batch_size"], cfg["max_steps_per_epoch"]
-        every = cfg["checkpoint_every_steps"]
-        for epoch in range(start_epoch, cfg["epochs"]):
-            timer = Timer(partial_seconds if epoch == start_epoch else 0.0)
-            w_batches = epoch_batches(w_idx, bs, cfg["seed"], epoch, "search-weights")
-            a_batches = epoch_batches(a_idx, bs, cfg["seed"], epoch, "search-alphas")
-            n_steps = len(w_batches) if max_steps is None else min(len(w_batches), max_steps)
-            step0 = start_step if epoch == start_epoch else 0
-            if step0 == 0:
-                meter = Meter(task)
-            lr = lr_of(w_opt)
-            w_loader = make_loader(train_set, w_batches[step0:n_steps], cfg["num_workers"], dev)
-            a_loader = make_loader(train_set,
-                                   [a_batches[k % len(a_batches)] for k in range(step0, n_steps)],
-                                   cfg["num_workers"], dev)
-            model.train()
-            bar = progress(n_steps, step0, f"search {epoch + 1}/{cfg['epochs']}")
-            try:
-                for step, (bw, ba) in enumerate(zip(w_loader, a_loader), start=step0):
-                    xw, yw = to_device(*bw, dev, channels_last)
-                    xa, ya = to_device(*ba, dev, channels_last)
-                    if graphed is not None:
-                        loss, out = graphed((xw, yw), (xa, ya), lr)
-                    else:
-                        with autocast(dev, amp_dtype):
-                            loss, out = search_step(model, architect, w_opt, (xw, yw),
-                                                    (xa, ya), lr, cfg["grad_clip"])
-                    meter.update(loss, out.float() if task == "classification"
-                                 else out.squeeze(-1).float(), yw)
-                    bar.update(1)
-                    done = step + 1
-                    if every and done % every == 0 and done < n_steps:
-                        checkpoint(epoch, done, timer.seconds())
-                    maybe_kill(kill_at, epoch * n_steps + done)
-            finally:
-                bar.close()
-            valid = evaluate(model, bundle.train_eval, a_idx, batch_size=bs,
-                             max_batches=max_steps, task=task, loss_fn=loss_fn, device=dev,
-                             amp_dtype=amp_dtype, channels_last=channels_last,
-                             num_workers=cfg["num_workers"])
-            wn, wr = model.arch_weights()
-            genotype = model.genotype()
-            record = {
-                "epoch": epoch,
-                "lr": lr,
-                "train": meter.result(),
-                "valid": valid,
-                "alphas": {"normal": _matrix(wn), "reduce": _matrix(wr)},
-                "genotype": genotype.to_dict(),
-            }
-            history.append(record)
-            seconds = timer.seconds()
-            timings.append({"epoch": epoch, "seconds": seconds})
-            log.info("search epoch %d/%d lr %.4e train %s valid %s %.1fs genotype %s",
-                     epoch + 1, cfg["epochs"], lr, format_metrics(record["train"]),
-                     format_metrics(valid), seconds, genotype.to_legacy())
-            sched.step()
-            meter = Meter(task)
-            checkpoint(epoch + 1, 0, 0.0)
+            "arch_optimizer": stage.architect.arch_optimizer, "scheduler": sched})
+        loop = EpochLoop("search", cfg, model=model,
+                         dataset=SeededDataset(bundle.train, cfg["seed"]), optimizer=w_opt,
+                         scheduler=sched, checkpointer=checkpointer, task=stage.task,
+                         runtime=runtime)
+        result = loop.run(stage)
 
         genotype = model.genotype()
         atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
-        atomic_write_json(paths["history.json"], {"stage": "search", "metric": metric,
-                                                  "epochs": history})
+        atomic_write_json(paths["history.json"], {"stage": "search", "metric": stage.task.metric,
+                                                  "epochs": result.history})
         atomic_write_json(paths["timings.json"], {
-            "stage": "search", "device": str(dev), "nas_core_version": __version__,
-            "epochs": timings, "total_seconds": sum(t["seconds"] for t in timings)})
+            "stage": "search", "device": str(runtime.device), "nas_core_version": __version__,
+            "epochs": result.timings, "total_seconds": result.total_seconds()})
         atomic_write_json(paths["alphas.json"], alphas_document(model, cfg["epochs"]))
     log.info("search done: %s", genotype.to_legacy())
-    last = history[-1] if history else {}
+    last = result.history[-1] if result.history else {}
     return {
         **{name.split(".")[0]: str(p) for name, p in paths.items()},
         "genotype": genotype.to_dict(),
         "train": last.get("train"),
         "valid": last.get("valid"),
-        "resumed_from": resumed_from,
+        "resumed_from": result.resumed_from,
     }

@@ -14,17 +14,20 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nas_core import __version__
 from nas_core.checkpoint import atomic_write_json, sha256_file
 from nas_core.config import validate_stage_cfg
-from nas_core.stages.common import (StageError, autocast, make_loader, remove_files,
-                                    resolve_amp, resolve_channels_last, resolve_device)
+from nas_core.data import load_data
+from nas_core.errors import one_line
+from nas_core.model_eval import EvalNetwork, count_parameters
+from nas_core.stages.common import StageError, remove_files
 from nas_core.stages.genotype import load_genotype_file, load_genotype_source
-from nas_core.stages.search import to_device
+from nas_core.stages.runtime import Runtime, index_batches
+from nas_core.tasks import get_task
+
+__all__ = ["run_test", "load_model_file"]
 
 log = logging.getLogger("nas_core.stages.test")
 
@@ -57,7 +60,7 @@ def load_model_file(model: torch.nn.Module, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(exc, 200)
         raise StageError(f"model file {path}: cannot be read ({type(exc).__name__}: "
                          f"{reason})") from None
     state = _unwrap(state, path)
@@ -79,7 +82,7 @@ def load_model_file(model: torch.nn.Module, path: str | Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise StageError(f"model file {path} {what}: "
-                         f"{' '.join(str(exc).split())[:300]}") from None
+                         f"{one_line(exc, 300)}") from None
 
 
 def _resolve_genotype(genotype: str | Path):
@@ -104,79 +107,33 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
     auxiliary), ``model`` (path as given, sha256, bytes), ``data`` (the data layer's source
     identifiers) and ``nas_core_version``.
     """
-    from nas_core.data import load_data
-    from nas_core.model_eval import EvalNetwork, count_parameters
-
     output = Path(output)
     remove_files([output])
     train_cfg = validate_stage_cfg("train", train_cfg)
     cfg = validate_stage_cfg("test", cfg)
     geno = _resolve_genotype(genotype)
-    dev = resolve_device(device)
-    amp_dtype = resolve_amp(cfg["amp"], dev)
-    channels_last = resolve_channels_last(train_cfg["channels_last"], dev, amp_dtype)
+    runtime = Runtime.resolve(cfg, device, channels_last=train_cfg["channels_last"])
     bundle = load_data(data, data_root)
-    task = bundle.task
+    task = get_task(bundle.task)
 
     net = EvalNetwork(geno, bundle.in_channels, train_cfg["init_channels"], bundle.num_outputs,
                       train_cfg["layers"], auxiliary=train_cfg["auxiliary"])
     load_model_file(net, model)
-    net = net.to(dev)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    net.eval()
+    net = runtime.model(net)
 
     n = len(bundle.test)
-    bs = cfg["batch_size"]
-    batches = [list(range(k, min(k + bs, n))) for k in range(0, n, bs)]
     outputs, targets = [], []
-    with torch.no_grad():
-        for x, y in make_loader(bundle.test, batches, cfg["num_workers"], dev):
-            x, y = to_device(x, y, dev, channels_last)
-            with autocast(dev, amp_dtype):
-                logits, _ = net(x)
-            outputs.append(logits.float().cpu())
-            targets.append(y.cpu())
+    for out, y in runtime.outputs(net, bundle.test, index_batches(range(n), cfg["batch_size"])):
+        outputs.append(out.float().cpu())
+        targets.append(y.cpu())
     if not outputs:
         raise StageError(f"{bundle.name}: the test split is empty")
-    out = torch.cat(outputs)
-    tgt = torch.cat(targets)
-
-    if task == "classification":
-        c = out.shape[1]
-        loss = float(F.cross_entropy(out, tgt, reduction="sum")) / n
-        k = min(5, c)
-        topk = out.topk(k, dim=1).indices
-        correct = topk.eq(tgt[:, None])
-        pred = out.argmax(dim=1)
-        per_class: list[float | None] = []
-        for cls in range(c):
-            mask = tgt == cls
-            cnt = int(mask.sum())
-            per_class.append(100.0 * int((pred[mask] == cls).sum()) / cnt if cnt else None)
-        metrics = {
-            "top1": 100.0 * int(correct[:, 0].sum()) / n,
-            "top5": 100.0 * int(correct.any(dim=1).sum()) / n,
-            "loss": loss,
-            "per_class_accuracy": per_class,
-        }
-    else:
-        p = out.squeeze(-1).double().numpy()
-        y = tgt.double().numpy().reshape(-1)
-        err = y - p
-        sse = float(np.sum(err ** 2))
-        sst = float(np.sum((y - y.mean()) ** 2))
-        metrics = {
-            "r2": 1.0 - sse / sst if sst > 0 else None,
-            "mse": sse / n,
-            "mae": float(np.mean(np.abs(err))),
-            "loss": float(F.mse_loss(out.squeeze(-1), tgt.float(), reduction="sum")) / n,
-        }
+    metrics = task.test_metrics(torch.cat(outputs), torch.cat(targets))
 
     model_path = Path(model)
     result = {
         "dataset": bundle.name,
-        "task": task,
+        "task": task.name,
         "metrics": metrics,
         "num_samples": n,
         "num_parameters": count_parameters(net, exclude_auxiliary=True),

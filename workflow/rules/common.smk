@@ -12,10 +12,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nas_core import config as nas_config
+from nas_core.resolve import DatasetConfig, resolve_dataset
 
 SCHEMA = "../schemas/config.schema.yaml"
-STAGES = ("search", "train", "test")
-GPU_STAGES = ("search", "train", "test")
 
 
 def _config_error(exc) -> str:
@@ -49,20 +48,14 @@ def validate_config(cfg: dict) -> None:
     cfg["datasets"] = raw_datasets
 
 
-def _merge_dataset(name: str) -> dict:
-    """The settings of one dataset: shared blocks overridden by the dataset's blocks, checked by
-    nas_core.config (ranges, lr_min <= lr, ...). Plain dicts: Snakemake tracks them as params."""
-    block = config["datasets"][name]
-    out = {"data": copy.deepcopy(block["data"])}
-    for stage in STAGES:
-        merged = nas_config.merge(config[stage], block.get(stage))
-        try:
-            out[stage] = nas_config.validate_stage_cfg(stage, merged)
-        except nas_config.ConfigError as e:
-            raise WorkflowError(f"config: datasets.{name}: {e}") from None
-    out["gpus"] = {**config["gpus"], **block.get("gpus", {})}
-    out["genotype"] = {**config["genotype"], **block.get("genotype", {})}
-    return out
+def _resolve(name: str) -> DatasetConfig:
+    """The settings of one dataset (nas_core.resolve: the CLI's resolver too): shared blocks
+    overridden by the dataset's, stage blocks checked by nas_core.config (ranges, lr_min <= lr,
+    ...). Plain dicts: Snakemake tracks them as params."""
+    try:
+        return resolve_dataset(config, name)
+    except nas_config.ConfigError as e:
+        raise WorkflowError(f"config: {e}") from None
 
 
 def _fingerprint(files) -> str:
@@ -83,14 +76,14 @@ def _library_fingerprints() -> tuple[str, str]:
     root = Path(list(spec.submodule_search_locations)[0])
     files = [(p.relative_to(root).as_posix(), p) for p in root.rglob("*.py")
              if "__pycache__" not in p.parts]
-    no_effect = {"gpu.py", "jobs.py", "cli.py", "__main__.py", "report.py"}
+    no_effect = {"gpu.py", "jobs.py", "cli.py", "__main__.py", "report.py", "schema.py"}
     compute = [f for f in files if f[0] not in no_effect]
     report_files = [f for f in files if f[0] == "report.py"]
     return _fingerprint(compute), _fingerprint(report_files)
 
 
 validate_config(config)
-DATASETS = {name: _merge_dataset(name) for name in config["datasets"]}
+DATASETS = {name: _resolve(name) for name in config["datasets"]}
 NAS_CORE_VERSION, NAS_CORE_REPORT_VERSION = _library_fingerprints()
 
 
@@ -123,55 +116,48 @@ wildcard_constraints:
 # -- per-dataset helpers (used by the rules as input/params functions) ----------------------
 
 
-def ds(wildcards) -> dict:
+def ds(wildcards) -> DatasetConfig:
     return DATASETS[wildcards.dataset]
 
 
 def stage_cfg(stage: str):
     """params function: the merged, checked block of ``stage`` for the job's dataset."""
-    return lambda wildcards: ds(wildcards)[stage]
+    return lambda wildcards: getattr(ds(wildcards), stage)
 
 
 def data_cfg(wildcards) -> dict:
-    return ds(wildcards)["data"]
+    return ds(wildcards).data
 
 
 def data_root(wildcards) -> str:
-    """Folder passed to nas_core.data as ``root`` (files go to ``root/{data.name}/``).
-
-    A dataset named like its loader keeps its files in resources/{name}/; another name (two
-    configs of one source, say) gets its own resources/{dataset}/{data.name}/, so two downloads
-    never write to the same folder."""
-    name = wildcards.dataset
-    return "resources" if DATASETS[name]["data"]["name"] == name else f"resources/{name}"
+    """Folder passed to nas_core.data as ``root`` (nas_core.resolve.data_root)."""
+    return ds(wildcards).data_root
 
 
 def gpus(stage: str):
-    return lambda wildcards: int(ds(wildcards)["gpus"][stage])
-
-
-def genotype_source(name: str) -> str:
-    return DATASETS[name]["genotype"]["source"]
+    return lambda wildcards: int(ds(wildcards).gpus[stage])
 
 
 def uses_search(name: str) -> bool:
-    return genotype_source(name) == "search"
+    return DATASETS[name].genotype_kind == "search"
 
 
 def genotype_input(wildcards) -> list:
     """The search's alphas, or the genotype/legacy file named in config (nothing for a
     published genotype name)."""
-    source = genotype_source(wildcards.dataset)
-    if source == "search":
+    dataset = DATASETS[wildcards.dataset]
+    if dataset.genotype_kind == "search":
         return [f"results/{wildcards.dataset}/search/alphas.json"]
-    if Path(source).suffix or "/" in source:
-        return [source]
+    if dataset.genotype_kind == "file":
+        return [dataset.genotype_source]
     return []
 
 
 def genotype_param(wildcards) -> str:
-    source = genotype_source(wildcards.dataset)
-    return f"results/{wildcards.dataset}/search/alphas.json" if source == "search" else source
+    dataset = DATASETS[wildcards.dataset]
+    if dataset.genotype_kind == "search":
+        return f"results/{wildcards.dataset}/search/alphas.json"
+    return dataset.genotype_source
 
 
 def figures(name: str) -> list[str]:
@@ -195,22 +181,19 @@ def dataset_outputs(name: str) -> list[str]:
 def check_genotype_sources() -> None:
     """A genotype source other than 'search' must be a published name or an existing file."""
     names = None
-    for name, block in DATASETS.items():
-        source = block["genotype"]["source"]
-        if source == "search":
-            continue
-        if Path(source).suffix or "/" in source:
-            if not Path(source).is_file():
+    for name, dataset in DATASETS.items():
+        source, kind = dataset.genotype_source, dataset.genotype_kind
+        if kind == "file" and not Path(source).is_file():
+            raise WorkflowError(f"config: datasets.{name}.genotype.source: no file {source}")
+        if kind == "name":
+            if names is None:
+                from nas_core.genotypes import list_genotypes
+
+                names = list_genotypes()
+            if source not in names:
                 raise WorkflowError(
-                    f"config: datasets.{name}.genotype.source: no file {source}")
-            continue
-        if names is None:
-            from nas_core.genotypes import list_genotypes
-            names = list_genotypes()
-        if source not in names:
-            raise WorkflowError(
-                f"config: datasets.{name}.genotype.source: unknown genotype {source!r}; "
-                f"'search', a file path or one of: {', '.join(names)}")
+                    f"config: datasets.{name}.genotype.source: unknown genotype {source!r}; "
+                    f"'search', a file path or one of: {', '.join(names)}")
 
 
 check_genotype_sources()

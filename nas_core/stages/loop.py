@@ -1,0 +1,213 @@
+"""The resumable epoch loop that the search and train stages share.
+
+:class:`EpochLoop` owns what both stages do around a step: restoring a checkpoint and the loop
+position, each epoch's seeded batches (only those not done yet, after a resume), the progress
+bar, the running meter, checkpoints inside and at the end of an epoch, the test-only kill hook,
+wall-clock timing, the epoch's history record and log line, and the scheduler step.  A stage
+supplies an :class:`EpochStage`: which batches an epoch reads, what one step does, and what
+an epoch's record holds besides its training metrics.
+
+Batches come as *streams*: ``schedule(epoch)`` returns one list of batches (dataset keys) per
+input of the step.  The first stream sets the epoch's length (capped by
+``max_steps_per_epoch``); the others are cycled to that length (the search's alpha half when it
+has fewer batches than the weight half).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from nas_core.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from nas_core.stages.common import KILL_ENV, format_metrics, progress, state_dict_cpu
+from nas_core.stages.runtime import Batch, Runtime
+from nas_core.tasks import Task
+
+__all__ = ["EpochLoop", "EpochStage", "LoopResult", "Checkpointer", "Timer", "lr_of"]
+
+log = logging.getLogger("nas_core.stages")
+
+
+class Checkpointer:
+    """Saves and restores one stage run: its stateful objects (anything with ``state_dict`` /
+    ``load_state_dict``, stored under their names), the RNG states and the loop position."""
+
+    def __init__(self, path: Path, fingerprint: str, stage: str, stateful: dict[str, Any]):
+        self.path, self.fingerprint, self.stage, self.stateful = path, fingerprint, stage, stateful
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the checkpoint into the stateful objects and the RNGs; its dict, or None."""
+        ckpt = load_checkpoint(self.path, self.fingerprint)
+        if ckpt is None:
+            return None
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(ckpt[name])
+        set_rng_state(ckpt["rng"])
+        log.info("resuming from %s at epoch %d step %d", self.path, ckpt["epoch"], ckpt["step"])
+        return ckpt
+
+    def save(self, epoch: int, step: int, **extra: Any) -> None:
+        """Checkpoint at ``step`` steps into ``epoch``, with ``extra`` plain values."""
+        state: dict[str, Any] = {"stage": self.stage, "epoch": epoch, "step": step}
+        for name, obj in self.stateful.items():
+            state[name] = (state_dict_cpu(obj) if isinstance(obj, torch.nn.Module)
+                           else obj.state_dict())
+        state["rng"] = get_rng_state()
+        state.update(extra)
+        save_checkpoint(self.path, state, self.fingerprint)
+
+
+class Timer:
+    """Wall-clock seconds for timings.json (never written into compared outputs)."""
+
+    def __init__(self, already: float = 0.0):
+        self.start = time.perf_counter()
+        self.already = already
+
+    def seconds(self) -> float:
+        return self.already + time.perf_counter() - self.start
+
+
+def lr_of(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _kill_step() -> int | None:
+    """The global step of the test-only kill hook (``KILL_ENV``; None when unset)."""
+    value = os.environ.get(KILL_ENV)
+    return int(value) if value else None
+
+
+class EpochStage:
+    """What a stage supplies to :class:`EpochLoop` (override :meth:`schedule`, :meth:`step`
+    and :meth:`end_epoch`; the others are optional)."""
+
+    def schedule(self, epoch: int) -> Sequence[Sequence[Sequence[Any]]]:
+        """The epoch's batch streams (see the module docstring)."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Called once after a checkpoint (if any) is restored, before the first step."""
+
+    def begin_epoch(self, epoch: int) -> dict[str, Any]:
+        """Called before the epoch's first step; entries for its record (after epoch, lr)."""
+        return {}
+
+    def step(self, batches: Sequence[Batch], lr: float) -> tuple[torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+        """One optimisation step on one batch per stream (on the device): ``(loss, output,
+        target)`` for the training meter."""
+        raise NotImplementedError
+
+    def end_epoch(self, record: dict[str, Any]) -> str:
+        """Complete the epoch's ``record`` (it holds epoch, lr, train); returns the end of the
+        epoch's log line."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """Plain values the stage keeps in checkpoints besides the loop's."""
+        return {}
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Take back what :meth:`state` saved."""
+
+
+@dataclass
+class LoopResult:
+    history: list[dict] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)
+    #: ``[epoch, step]`` the run resumed from, or None
+    resumed_from: list[int] | None = None
+
+    def total_seconds(self) -> float:
+        return sum(t["seconds"] for t in self.timings)
+
+
+class EpochLoop:
+    """Runs (or resumes) ``cfg["epochs"]`` epochs of ``stage`` (see the module docstring).
+
+    ``cfg``: the validated stage block (``epochs``, ``max_steps_per_epoch``,
+    ``checkpoint_every_steps``); ``dataset`` is what the stage's batch keys index.
+    """
+
+    def __init__(self, name: str, cfg: dict, *, model: torch.nn.Module, dataset,
+                 optimizer: torch.optim.Optimizer, scheduler, checkpointer: Checkpointer,
+                 task: Task, runtime: Runtime):
+        self.name = name
+        self.epochs = int(cfg["epochs"])
+        self.max_steps = cfg["max_steps_per_epoch"]
+        self.every = int(cfg["checkpoint_every_steps"])
+        self.model, self.dataset = model, dataset
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.checkpointer, self.task, self.runtime = checkpointer, task, runtime
+
+    def run(self, stage: EpochStage) -> LoopResult:
+        result = LoopResult()
+        meter = self.task.meter()
+        start_epoch, start_step, partial_seconds = 0, 0, 0.0
+        ckpt = self.checkpointer.restore()
+        if ckpt is not None:
+            start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
+            result.history, result.timings = list(ckpt["history"]), list(ckpt["timings"])
+            result.resumed_from = [start_epoch, start_step]
+            meter.load(ckpt["meter"])
+            partial_seconds = float(ckpt["epoch_seconds"])
+            stage.load_state(ckpt)
+        del ckpt
+        stage.prepare()
+
+        def save(epoch: int, step: int, seconds: float) -> None:
+            self.checkpointer.save(epoch, step, meter=meter.state(), history=result.history,
+                                   timings=result.timings, epoch_seconds=seconds,
+                                   **stage.state())
+
+        kill_at = _kill_step()
+        for epoch in range(start_epoch, self.epochs):
+            timer = Timer(partial_seconds if epoch == start_epoch else 0.0)
+            streams = stage.schedule(epoch)
+            n_steps = len(streams[0])
+            if self.max_steps is not None:
+                n_steps = min(n_steps, self.max_steps)
+            step0 = start_step if epoch == start_epoch else 0
+            if step0 == 0:
+                meter = self.task.meter()
+            lr = lr_of(self.optimizer)
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr, **stage.begin_epoch(epoch)}
+            loaders = [self.runtime.loader(self.dataset,
+                                           [s[k % len(s)] for k in range(step0, n_steps)])
+                       for s in streams]
+            self.model.train()
+            bar = progress(n_steps, step0, f"{self.name} {epoch + 1}/{self.epochs}")
+            try:
+                for step, raw in enumerate(zip(*loaders), start=step0):
+                    loss, out, y = stage.step(tuple(self.runtime.batch(*b) for b in raw), lr)
+                    meter.update(loss, out, y)
+                    bar.update(1)
+                    done = step + 1
+                    if self.every and done % self.every == 0 and done < n_steps:
+                        save(epoch, done, timer.seconds())
+                    if kill_at is not None and epoch * n_steps + done == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)  # test-only (KILL_ENV)
+            finally:
+                bar.close()
+            record["train"] = meter.result()
+            note = stage.end_epoch(record)
+            result.history.append(record)
+            seconds = timer.seconds()
+            result.timings.append({"epoch": epoch, "seconds": seconds})
+            valid = record.get("valid")
+            logging.getLogger(f"nas_core.stages.{self.name}").info(
+                "%s epoch %d/%d lr %.4e train %s valid %s %.1fs%s", self.name, epoch + 1,
+                self.epochs, lr, format_metrics(record["train"]),
+                format_metrics(valid) if valid else "-", seconds, note)
+            self.scheduler.step()
+            meter = self.task.meter()
+            save(epoch + 1, 0, 0.0)
+        return result
