@@ -180,33 +180,62 @@ def test_unreadable_checkpoint_is_moved_aside_and_run_starts_fresh(tmp_path, cap
     assert _ckpt_position(out) == (1, 0)
 
 
-def test_failing_stage_leaves_no_complete_looking_output(tmp_path):
+def test_failing_stage_leaves_the_previous_outputs_in_place(tmp_path):
+    """Outputs are replaced only on success: a failing run leaves the earlier ones as they were
+    (Snakemake removes a job's outputs itself before running it)."""
     out = tmp_path / "train"
     out.mkdir()
+    (out / "model.pt").write_bytes(b"old")
+    (out / "history.json").write_text("{}")
 
-    def old_outputs():
-        (out / "model.pt").write_bytes(b"old")
-        (out / "history.json").write_text("{}")
-
-    def assert_no_outputs():
-        assert not (out / "model.pt").exists() and not (out / "history.json").exists()
+    def assert_old_outputs():
+        assert (out / "model.pt").read_bytes() == b"old"
+        assert (out / "history.json").read_text() == "{}"
 
     bad = tmp_path / "genotype.json"
     bad.write_text('{"normal": [["sep_conv_3x3", 0]], "normal_concat": [2]}')
-    old_outputs()
     with pytest.raises(StageError) as info:
         run_train(DIGITS, TRAIN_KILL, bad, out, device="cpu")
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
-    assert_no_outputs()
-    old_outputs()
+    assert_old_outputs()
     with pytest.raises(ConfigError, match=r"^train\.epochs: 0 is out of range"):
         run_train(DIGITS, dict(TRAIN_KILL, epochs=0), bad, out, device="cpu")
-    assert_no_outputs()
+    assert_old_outputs()
     run_genotype("DARTS_V2", bad)
-    old_outputs()
     with pytest.raises(ValueError, match="unknown dataset"):
         run_train({"name": "no-such-dataset"}, TRAIN_KILL, bad, out, device="cpu")
-    assert_no_outputs()
+    assert_old_outputs()
+
+
+def test_failed_cli_runs_keep_the_earlier_good_outputs(tmp_path, capsys):
+    good = {name: tmp_path / name for name in ("genotype.json", "search", "train", "test.json")}
+    run_genotype("DARTS_V2", good["genotype.json"])
+    good["search"].mkdir()
+    for name in ("alphas.json", "supernet.pt", "history.json", "timings.json"):
+        (good["search"] / name).write_bytes(b"good " + name.encode())
+    good["train"].mkdir()
+    for name in ("model.pt", "history.json", "timings.json"):
+        (good["train"] / name).write_bytes(b"good " + name.encode())
+    good["test.json"].write_text('{"good": true}')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    runs = [
+        ["genotype", "NOPE_V9", "--out", str(good["genotype.json"])],
+        ["search", "--dataset", "digits", "--set", "search.epochs=0",
+         "--out", str(good["search"]), "--device", "cpu"],
+        ["search", "--dataset", "digits", "--set", "data.name=no-such-dataset",
+         "--out", str(good["search"]), "--device", "cpu"],
+        ["train", "--dataset", "digits", "--genotype", str(tmp_path / "missing.json"),
+         "--out", str(good["train"]), "--device", "cpu"],
+        ["test", "--dataset", "digits", "--genotype", str(good["genotype.json"]),
+         "--model", str(tmp_path / "missing.pt"), "--out", str(good["test.json"]),
+         "--device", "cpu"],
+    ]
+    for args in runs:
+        assert cli_main(args) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and err[-1].startswith(f"python -m nas_core {args[0]}: error: "), err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 # -- digits end to end ------------------------------------------------------------------------

@@ -46,7 +46,6 @@ __all__ = [
     "SeededDataset",
     "make_loader",
     "format_metrics",
-    "remove_files",
     "state_dict_cpu",
     "KILL_ENV",
 ]
@@ -261,16 +260,6 @@ def make_loader(dataset: Dataset, batches: Sequence[Sequence[Any]], num_workers:
 
 def format_metrics(m: dict[str, Any]) -> str:
     return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
-
-
-# -- misc ---------------------------------------------------------------------------------------
-def remove_files(paths: Sequence[Path]) -> None:
-    """Delete a stage's previous outputs, so that a failed run leaves none behind."""
-    for p in paths:
-        try:
-            Path(p).unlink()
-        except FileNotFoundError:
-            pass
 
 
 def state_dict_cpu(model: torch.nn.Module) -> dict:

@@ -120,7 +120,6 @@ def load_genotype_file(path: str | Path) -> Genotype:
 def run_genotype(source: str | Path, output: str | Path) -> Genotype:
     """Write ``output`` (canonical JSON of the genotype, atomically) from ``source`` (see
     :func:`load_genotype_source`); returns the genotype."""
-    Path(output).unlink(missing_ok=True)
     genotype = load_genotype_source(source)
     atomic_write_text(output, genotype.to_json())
     log.info("genotype from %s: %s -> %s", source, genotype.to_legacy(), output)

@@ -37,8 +37,7 @@ from nas_core.config import NON_RESULT_KEYS, ConfigError, validate_stage_cfg
 from nas_core.data import DataBundle, load_data, split_indices
 from nas_core.graphs import make_search_step
 from nas_core.model_search import SearchNetwork
-from nas_core.stages.common import (SeededDataset, epoch_batches, remove_files, seed_everything,
-                                    state_dict_cpu)
+from nas_core.stages.common import SeededDataset, epoch_batches, seed_everything, state_dict_cpu
 from nas_core.stages.genotype import ALPHAS_FORMAT
 from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
@@ -132,7 +131,6 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in OUTPUTS}
-    remove_files(list(paths.values()))  # first: a failing run leaves no old outputs behind
     cfg = validate_stage_cfg("search", cfg)
     runtime = Runtime.resolve(cfg, device)
     if cfg["cuda_graphs"] and runtime.device.type != "cuda":

@@ -22,7 +22,7 @@ from nas_core.config import validate_stage_cfg
 from nas_core.data import load_data
 from nas_core.errors import one_line
 from nas_core.model_eval import EvalNetwork, count_parameters
-from nas_core.stages.common import StageError, remove_files
+from nas_core.stages.common import StageError
 from nas_core.stages.genotype import load_genotype_file, load_genotype_source
 from nas_core.stages.runtime import Runtime, index_batches
 from nas_core.tasks import get_task
@@ -108,7 +108,6 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
     identifiers) and ``nas_core_version``.
     """
     output = Path(output)
-    remove_files([output])
     train_cfg = validate_stage_cfg("train", train_cfg)
     cfg = validate_stage_cfg("test", cfg)
     geno = _resolve_genotype(genotype)

@@ -25,8 +25,7 @@ from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprin
 from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
 from nas_core.data import DataBundle, load_data, split_indices
 from nas_core.model_eval import EvalNetwork, count_parameters
-from nas_core.stages.common import (SeededDataset, epoch_batches, remove_files, seed_everything,
-                                    state_dict_cpu)
+from nas_core.stages.common import SeededDataset, epoch_batches, seed_everything, state_dict_cpu
 from nas_core.stages.genotype import load_genotype_file
 from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
@@ -105,7 +104,6 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in OUTPUTS}
-    remove_files(list(paths.values()))  # first: a failing run leaves no old outputs behind
     cfg = validate_stage_cfg("train", cfg)
     geno = load_genotype_file(genotype)
     runtime = Runtime.resolve(cfg, device)
