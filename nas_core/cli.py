@@ -28,6 +28,8 @@ from nas_core.resolve import DatasetConfig, resolve_dataset
 from nas_core.stages import run_genotype, run_search, run_test, run_train
 from nas_core.stages.common import setup_logging
 
+__all__ = ["main", "build_parser", "resolve_config", "CliError", "COMMANDS"]
+
 COMMANDS = ("download", "search", "genotype", "train", "test")
 
 

@@ -45,6 +45,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+__all__ = ["acquire_gpus", "visible_gpus", "default_lock_dir", "GPUError", "ENV_LOCK_DIR",
+           "ENV_FAKE_COUNT"]
+
 log = logging.getLogger(__name__)
 
 ENV_LOCK_DIR = "NAS_CORE_GPU_LOCK_DIR"

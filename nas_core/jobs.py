@@ -29,6 +29,9 @@ from typing import Iterator
 from nas_core.errors import is_known, one_line
 from nas_core.gpu import acquire_gpus
 
+__all__ = ["log_to", "gpu_job", "error_line", "report_error", "job_errors", "failed_job_errors",
+           "report_failed_jobs"]
+
 #: A duplicate of the job's original stderr (the console), saved by :func:`log_to`.
 _CONSOLE_FD: int | None = None
 _NAME: str | None = None

@@ -28,6 +28,9 @@ from nas_core.fileio import atomic_write_bytes, atomic_write_text
 from nas_core.tasks import Task, task_of_metric
 from nas_core.ops import PRIMITIVES as DEFAULT_PRIMITIVES  # the alphas' column order
 
+__all__ = ["search_figures", "cell_figures", "train_figure", "test_figure", "curves_figure",
+           "alphas_figure", "cell_dot", "edge_labels", "MAX_ALPHA_PANELS"]
+
 log = logging.getLogger(__name__)
 
 MAX_ALPHA_PANELS = 6

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from nas_core import config as nas_config
+from nas_core.data import get_dataset, list_datasets
+from nas_core.data.options import REQUIRED, SHARED, block_schema, option_schema
 
 __all__ = ["TEMPLATE", "DATASET_ORDER", "SCHEMA_FILE", "workflow_schema", "data_schema",
            "render", "main"]
@@ -134,17 +136,12 @@ $defs:
 
 
 def _dataset_names() -> list[str]:
-    from nas_core.data import list_datasets
-
     known = list_datasets()
     return [n for n in DATASET_ORDER if n in known] + sorted(set(known) - set(DATASET_ORDER))
 
 
 def data_schema(name: str) -> dict[str, Any]:
     """The ``if``/``then`` branch of one dataset: its options, nothing else, required keys."""
-    from nas_core.data import get_dataset
-    from nas_core.data.options import REQUIRED, option_schema
-
     specs = get_dataset(name).option_specs
     then: dict[str, Any] = {
         "properties": {"name": {}, **{k: option_schema(o) for k, o in specs.items()}},
@@ -168,8 +165,6 @@ def _fill(tree: dict, path: tuple[str, ...], value: Any) -> None:
 def workflow_schema() -> dict[str, Any]:
     """The whole workflow config schema (a fresh dict): :data:`TEMPLATE` with the stage blocks,
     the data block and the shared blocks generated."""
-    from nas_core.data.options import SHARED, block_schema
-
     schema = yaml.safe_load(TEMPLATE)
     for stage in nas_config.STAGES:
         generated = nas_config.json_schema(stage)

@@ -11,7 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nas_core.errors import one_line
 from nas_core.fileio import sha256_file
+
+__all__ = ["DataError", "DownloadError", "DataBundle", "ArrayDataset", "file_info",
+           "require_file", "check_finite", "check_labels", "check_nonempty", "typed_line"]
 
 
 class DataError(ValueError):
@@ -139,8 +143,8 @@ def check_nonempty(name: str, **parts: int) -> None:
             raise DataError(f"{name}: the {part} split is empty ({sizes})")
 
 
-def one_line(e: BaseException) -> str:
-    """``ExceptionType: message`` squeezed onto one line."""
-    text = " ".join(str(e).split())
+def typed_line(e: BaseException) -> str:
+    """``ExceptionType: message`` on one line (:func:`nas_core.errors.one_line`)."""
+    text = one_line(str(e))
     name = type(e).__name__
     return f"{name}: {text}" if text else name

@@ -18,6 +18,8 @@ from .registry import register_dataset
 from .splits import random_test_split
 from .transforms import build_transform
 
+__all__ = ["load_digits", "OPTIONS"]
+
 OPTIONS = {
     "test_fraction": Option(0.2, "float", "fraction of the 1797 images held out as the test "
                                           "split", minimum=0, maximum=1,

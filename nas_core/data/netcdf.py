@@ -24,7 +24,7 @@ from .base import (
     check_labels,
     check_nonempty,
     file_info,
-    one_line,
+    typed_line,
     require_file,
 )
 from .options import REQUIRED, Option, source_option
@@ -32,6 +32,9 @@ from .registry import register_dataset
 from .s3 import download_s3, resolve_source, s3_url
 from .splits import random_test_split
 from .transforms import build_transform
+
+__all__ = ["read_netcdf", "netcdf_bundle", "GRAPHENE_FILE", "GRAPHENE_SOURCE", "GRAPHENE_SHAPE",
+           "GRAPHENE_TARGETS", "DEFAULT_TEST_SPLIT", "NETCDF_OPTIONS"]
 
 GRAPHENE_FILE = "graphene_processed.nc"
 GRAPHENE_SOURCE = {"bucket": "capstone2019-google", "key": "data/graphene_processed.nc"}
@@ -58,7 +61,7 @@ def read_netcdf(
     try:
         ds = xr.open_dataset(path, decode_times=False)
     except Exception as e:
-        raise DataError(f"{label}: {path} is not a readable netCDF file ({one_line(e)})") from e
+        raise DataError(f"{label}: {path} is not a readable netCDF file ({typed_line(e)})") from e
     with ds:
         names = [image_var, target_var] + ([split_var] if split_var else [])
         missing = [v for v in names if v not in ds.variables]

@@ -20,6 +20,9 @@ from .base import DataBundle, DataError
 from .s3 import verification
 from .options import REQUIRED, Option
 
+__all__ = ["DatasetSpec", "register_dataset", "list_datasets", "get_dataset", "resolve_options",
+           "load_data", "download_data", "dataset_files", "REQUIRED"]
+
 Loader = Callable[[dict, Path], DataBundle]
 Downloader = Callable[[dict, Path], "list[Path]"]
 FileLister = Callable[[dict, Path], "list[Path]"]

@@ -66,9 +66,14 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from nas_core.fileio import fsync_dir, sha256_file
 
-from .base import DataError, DownloadError, one_line
+from .base import DataError, DownloadError, typed_line
+
+__all__ = ["download_s3", "resolve_source", "s3_url", "make_client", "verification",
+           "SOURCE_DEFAULTS"]
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +440,7 @@ class _Job:
             return f"connection error at {where}: {text}" if where else f"connection error: {text}"
         if isinstance(e, OSError):
             return _os_error(e)
-        return one_line(e)
+        return typed_line(e)
 
     def _describe_answer(self, e: Any) -> str:
         err = e.response.get("Error", {})
@@ -522,7 +527,6 @@ def download_s3(source: dict, dest: str | Path, label: str = "data") -> Path:
 def _fetch(job: _Job, remote: _Remote, dest: Path) -> int:
     """GET into a temporary file next to ``dest`` (resuming broken transfers), verify, fsync,
     rename; the number of GET requests made.  The temporary file is removed on any failure."""
-    from tqdm import tqdm
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)

@@ -12,6 +12,8 @@ import numpy as np
 
 from .base import DataError
 
+__all__ = ["split_indices", "random_test_split"]
+
 
 def split_indices(n: int, first_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split ``range(n)`` into two disjoint parts.

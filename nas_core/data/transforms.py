@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torchvision import transforms as T
 
+__all__ = ["Cutout", "build_transform"]
+
 
 class Cutout:
     """DARTS cutout: zero one ``length x length`` square (clipped at the border) centred on a

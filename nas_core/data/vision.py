@@ -31,12 +31,14 @@ from .base import (
     check_labels,
     check_nonempty,
     file_info,
-    one_line,
+    typed_line,
     require_file,
 )
 from .options import CROP_PADDING, Option
 from .registry import register_dataset
 from .transforms import build_transform
+
+__all__ = ["read_cifar_batch", "MNIST_FILES", "STATS", "CIFAR_FOLDER", "CIFAR_TRAIN", "CIFAR_TEST"]
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -77,7 +79,7 @@ def _download_mnist(opts: dict, folder: Path) -> list[Path]:
             cls(root=str(folder), train=train, download=True)
     except Exception as e:  # torchvision raises RuntimeError/URLError/OSError
         urls = ", ".join(cls.mirrors)
-        raise DownloadError(f"{opts['name']}: download from {urls} failed: {one_line(e)}") from e
+        raise DownloadError(f"{opts['name']}: download from {urls} failed: {typed_line(e)}") from e
     return _mnist_files(opts, folder)
 
 
@@ -90,7 +92,7 @@ def _load_mnist(opts: dict, folder: Path) -> DataBundle:
         try:
             ds = cls(root=str(folder), train=train, download=False)
         except Exception as e:
-            raise DataError(f"{name}: cannot read {img_file} / {lbl_file}: {one_line(e)}") from e
+            raise DataError(f"{name}: cannot read {img_file} / {lbl_file}: {typed_line(e)}") from e
         images, targets = ds.data, ds.targets
         if images.ndim != 3 or images.dtype != torch.uint8:
             raise DataError(f"{name}: {img_file} holds {tuple(images.shape)} {images.dtype}, "
@@ -147,7 +149,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             entry = _SafeUnpickler(f, encoding="latin1").load()
     except Exception as e:
-        raise DataError(f"cifar-10: cannot read {path}: {one_line(e)}") from e
+        raise DataError(f"cifar-10: cannot read {path}: {typed_line(e)}") from e
     if not isinstance(entry, dict):
         raise DataError(f"cifar-10: {path} holds {type(entry).__name__}, expected a dict")
     entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
@@ -183,7 +185,7 @@ def _download_cifar(opts: dict, folder: Path) -> list[Path]:
         download_and_extract_archive(CIFAR10.url, str(folder), filename=CIFAR10.filename,
                                      md5=CIFAR10.tgz_md5)
     except Exception as e:
-        raise DownloadError(f"cifar-10: download from {CIFAR10.url} failed: {one_line(e)}") from e
+        raise DownloadError(f"cifar-10: download from {CIFAR10.url} failed: {typed_line(e)}") from e
     bad = [f for f, md5 in expected if not check_integrity(str(base / f), md5)]
     if bad:
         raise DownloadError(f"cifar-10: {CIFAR10.url}: MD5 mismatch after extraction for {bad}")
