@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nas_core.errors import one_line
 from nas_core.fileio import (WriteError, atomic_write_bytes, atomic_write_text, fsync_dir,
                              sha256_file)
 
@@ -206,7 +207,7 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: str, *,
         if not isinstance(state, dict) or "fingerprint" not in state:
             raise CheckpointError("not a nas_core checkpoint")
     except Exception as exc:  # noqa: BLE001 - any failure to read means "unreadable"
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = one_line(exc, 200)
         _move_aside(path, f"{type(exc).__name__}: {reason}")
         return None
     if state.get("format") != CHECKPOINT_FORMAT or state["fingerprint"] != fingerprint:

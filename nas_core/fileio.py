@@ -16,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from nas_core.errors import one_line
+
 __all__ = ["WriteError", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "sha256_file"]
 
 _WHY = {
@@ -35,7 +37,7 @@ class WriteError(OSError):
     def __init__(self, path: str | os.PathLike, cause: OSError, *, what: str = "",
                  existed: bool = False) -> None:
         why = _WHY.get(cause.errno) or (cause.strerror if cause.strerror and len(cause.args) > 1
-                                        else " ".join(str(cause).split()) or type(cause).__name__)
+                                        else one_line(cause))
         super().__init__(cause.errno, why, str(path))
         self.cause = cause
         self.what = what

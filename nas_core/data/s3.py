@@ -68,6 +68,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from nas_core.errors import one_line
 from nas_core.fileio import fsync_dir, sha256_file
 
 from .base import DataError, DownloadError, typed_line
@@ -428,7 +429,7 @@ class _Job:
             return (f"connection cut after {where}" if where else
                     f"connection closed by {self.endpoint} before an answer")
         if isinstance(e, bx.EndpointConnectionError):
-            inner = " ".join(str(getattr(e, "kwargs", {}).get("error", "")).split())
+            inner = one_line(str(getattr(e, "kwargs", {}).get("error", "")))
             if "refused" in inner.lower():
                 return f"connection refused by {self.endpoint}"
             return f"cannot connect to {self.endpoint} ({inner or 'endpoint unreachable'})"
@@ -436,7 +437,7 @@ class _Job:
             return "no AWS credentials found (anonymous: false needs credentials)"
         if isinstance(e, bx.HTTPClientError):
             inner = getattr(e, "kwargs", {}).get("error")
-            text = " ".join(str(inner or e).split())
+            text = one_line(str(inner or e))
             return f"connection error at {where}: {text}" if where else f"connection error: {text}"
         if isinstance(e, OSError):
             return _os_error(e)
@@ -463,13 +464,13 @@ class _Job:
         if code in ("PreconditionFailed", "412") or status == 412:
             return (f"the object changed on the server during the download (its ETag is no "
                     f"longer {self.etag}); run the download again")
-        message = " ".join(str(err.get("Message", "")).split())
+        message = one_line(str(err.get("Message", "")))
         named = f" {code}" if code and code != str(status) else ""
         return f"HTTP {status}{named} from {self.endpoint}{': ' + message if message else ''}"
 
 
 def _os_error(e: OSError) -> str:
-    text = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    text = e.strerror or one_line(e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full ({text})"
     if e.errno == errno.EFBIG:
