@@ -57,7 +57,27 @@ def log_to(path: str | os.PathLike, name: str | None = None) -> None:
         stream=sys.stderr,
         force=True,
     )
+    if _CONSOLE_FD is not None:  # the stages' progress lines on Snakemake's console too
+        console = _ConsoleHandler(logging.INFO)
+        console.setFormatter(logging.Formatter(
+            f"%(asctime)s {'rule ' + name + ': ' if name else ''}%(message)s", "%H:%M:%S"))
+        console.addFilter(lambda record: record.name.startswith(CONSOLE_LOGGERS))
+        logging.getLogger().addHandler(console)
     sys.excepthook = _excepthook
+
+
+#: Loggers whose INFO lines a job also prints to the console (start, epoch and end lines).
+CONSOLE_LOGGERS = ("nas_core.stages", "nas_core.data")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes records to the job's original stderr (:func:`_console`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _console(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never end the job
+            self.handleError(record)
 
 
 def error_line(exc: BaseException, name: str | None = None) -> str:

@@ -254,7 +254,29 @@ def done(tmp_path_factory) -> Path:
     write_config(wf / "tiny.yaml", TINY)
     proc = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml", "--resources", "gpu=0")
     assert proc.returncode == 0, proc.output[-6000:]
+    (wf / "console.txt").write_text(proc.output)  # what Snakemake printed
     return wf
+
+
+@pytest.mark.slow
+def test_console_shows_each_epoch_with_its_eta(done):
+    """The stages' start, epoch (with ETA) and end lines reach Snakemake's console, not only
+    the job logs; no progress-bar noise in the logs."""
+    console = (done / "console.txt").read_text()
+    for rule in ("search", "train"):
+        epochs = re.findall(rf"rule {rule}: {rule} digits epoch (\d+)/(\d+) .* ETA \d+:\d\d:\d\d",
+                            console)
+        assert epochs and epochs[-1][0] == epochs[-1][1], (rule, console[-3000:])
+        assert re.search(rf"rule {rule}: {rule} digits: epoch 1 of \d+", console), rule
+        assert re.search(rf"rule {rule}: {rule} digits: \d+ epochs done in", console), rule
+        log = (done / "logs" / "digits" / f"{rule}.log").read_text()
+        assert "ETA" in log and "\r" not in log and "step/s" not in log
+    assert re.search(r"rule test: test on digits: top1 \d", console)
+    for stage in ("search", "train"):
+        rows = (done / "results" / "digits" / stage / "metrics.csv").read_text().splitlines()
+        assert rows[0] == "epoch,lr,train_loss,train_top1,valid_loss,valid_top1,seconds"
+        history = json.loads((done / "results" / "digits" / stage / "history.json").read_text())
+        assert len(rows) == 1 + len(history["epochs"])
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ __all__ = [
     "SeededDataset",
     "make_loader",
     "format_metrics",
+    "format_duration",
     "state_dict_cpu",
     "KILL_ENV",
 ]
@@ -174,14 +175,24 @@ def _remove_handlers(logger: logging.Logger) -> None:
 
 
 def progress(total: int, initial: int, desc: str):
-    """A tqdm bar on stderr with rate and ETA, redrawn at most every
-    ``NAS_CORE_PROGRESS_INTERVAL`` seconds (default 30; logs stay short).
-    ``NAS_CORE_PROGRESS=0`` switches it off."""
-    interval = float(os.environ.get("NAS_CORE_PROGRESS_INTERVAL", "30"))
-    disable = os.environ.get("NAS_CORE_PROGRESS", "1") == "0"
-    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, mininterval=interval,
-                maxinterval=max(interval, 10.0), ascii=True, dynamic_ncols=False, ncols=100,
-                leave=False, disable=disable, unit="step")
+    """A live tqdm bar (rate, ETA; redrawn at least once a second) when stderr is a terminal;
+    none in a log file, where the epoch lines say the same.  ``NAS_CORE_PROGRESS=1`` forces
+    the bar, ``0`` switches it off."""
+    forced = os.environ.get("NAS_CORE_PROGRESS")
+    enabled = forced == "1" or (forced != "0" and sys.stderr.isatty())
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, mininterval=0.5,
+                maxinterval=1.0, dynamic_ncols=True, leave=False, disable=not enabled,
+                unit="step")
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` (hours:minutes:seconds), ``2d 1:02:03`` past a day."""
+    total = int(round(max(0.0, seconds)))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {text}" if days else text
 
 
 # -- seeded data order and augmentation -------------------------------------------------------

@@ -26,11 +26,14 @@ from typing import Any, Sequence
 import torch
 
 from nas_core.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from nas_core.stages.common import KILL_ENV, format_metrics, progress, state_dict_cpu
+from nas_core.fileio import atomic_write_text
+from nas_core.stages.common import (KILL_ENV, format_duration, format_metrics, progress,
+                                    state_dict_cpu)
 from nas_core.stages.runtime import Batch, Runtime
 from nas_core.tasks import Task
 
-__all__ = ["EpochLoop", "EpochStage", "LoopResult", "Checkpointer", "Timer", "lr_of"]
+__all__ = ["EpochLoop", "EpochStage", "LoopResult", "Checkpointer", "MetricsLog", "Timer",
+           "lr_of"]
 
 log = logging.getLogger("nas_core.stages")
 
@@ -83,6 +86,49 @@ def _kill_step() -> int | None:
     """The global step of the test-only kill hook (``KILL_ENV``; None when unset)."""
     value = os.environ.get(KILL_ENV)
     return int(value) if value else None
+
+
+class MetricsLog:
+    """Per-epoch metrics beside a stage's outputs: ``metrics.csv`` (rewritten whole after every
+    epoch from the history, so a resumed run gives the same rows) and, when the
+    ``tensorboard`` package is installed, TensorBoard event files in ``tensorboard/``
+    (``tensorboard --logdir results/``; a resumed run purges the steps it redoes)."""
+
+    COLUMNS = ("epoch", "lr", "train_loss", "train_{m}", "valid_loss", "valid_{m}", "seconds")
+
+    def __init__(self, out_dir: Path, task: Task, start_epoch: int = 0):
+        self.path = Path(out_dir) / "metrics.csv"
+        self.metric = task.metric
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_epoch)
+
+    def write(self, history: list[dict], timings: list[dict]) -> None:
+        seconds = {t["epoch"]: t["seconds"] for t in timings}
+        header = [c.format(m=self.metric) for c in self.COLUMNS]
+        rows = [",".join(header)]
+        for rec in history:
+            train, valid = rec.get("train") or {}, rec.get("valid") or {}
+            values = [rec["epoch"], rec["lr"], train.get("loss"), train.get(self.metric),
+                      valid.get("loss"), valid.get(self.metric), seconds.get(rec["epoch"])]
+            rows.append(",".join("" if v is None else (f"{v:.6g}" if isinstance(v, float)
+                                                       else str(v)) for v in values))
+        atomic_write_text(self.path, "\n".join(rows) + "\n")
+        if self.writer is not None and history:
+            rec = history[-1]
+            for part in ("train", "valid"):
+                for key, value in (rec.get(part) or {}).items():
+                    if isinstance(value, float):
+                        self.writer.add_scalar(f"{part}/{key}", value, rec["epoch"])
+            self.writer.add_scalar("lr", rec["lr"], rec["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class EpochStage:
@@ -139,8 +185,11 @@ class EpochLoop:
 
     def __init__(self, name: str, cfg: dict, *, model: torch.nn.Module, dataset,
                  optimizer: torch.optim.Optimizer, scheduler, checkpointer: Checkpointer,
-                 task: Task, runtime: Runtime):
+                 task: Task, runtime: Runtime, label: str = "", out_dir: Path | None = None):
         self.name = name
+        self.label = label
+        self.out_dir = out_dir
+        self.log = logging.getLogger(f"nas_core.stages.{name}")
         self.epochs = int(cfg["epochs"])
         self.max_steps = cfg["max_steps_per_epoch"]
         self.every = int(cfg["checkpoint_every_steps"])
@@ -169,6 +218,12 @@ class EpochLoop:
                                    **stage.state())
 
         kill_at = _kill_step()
+        metrics = MetricsLog(self.out_dir, self.task, start_epoch) if self.out_dir else None
+        where = f" {self.label}" if self.label else ""
+        self.log.info("%s%s: epoch %d of %d%s, %s", self.name, where, start_epoch + 1,
+                      self.epochs, f" (resumed at step {start_step})" if start_step else "",
+                      self.runtime.describe())
+        run_seconds: list[float] = []  # epochs of this run (the ETA's basis)
         for epoch in range(start_epoch, self.epochs):
             timer = Timer(partial_seconds if epoch == start_epoch else 0.0)
             streams = stage.schedule(epoch)
@@ -184,7 +239,7 @@ class EpochLoop:
                                            [s[k % len(s)] for k in range(step0, n_steps)])
                        for s in streams]
             self.model.train()
-            bar = progress(n_steps, step0, f"{self.name} {epoch + 1}/{self.epochs}")
+            bar = progress(n_steps, step0, f"{self.name}{where} {epoch + 1}/{self.epochs}")
             try:
                 for step, raw in enumerate(zip(*loaders), start=step0):
                     loss, out, y = stage.step(tuple(self.runtime.batch(*b) for b in raw), lr)
@@ -202,12 +257,21 @@ class EpochLoop:
             result.history.append(record)
             seconds = timer.seconds()
             result.timings.append({"epoch": epoch, "seconds": seconds})
+            run_seconds.append(seconds)
+            eta = (self.epochs - epoch - 1) * sum(run_seconds) / len(run_seconds)
             valid = record.get("valid")
-            logging.getLogger(f"nas_core.stages.{self.name}").info(
-                "%s epoch %d/%d lr %.4e train %s valid %s %.1fs%s", self.name, epoch + 1,
-                self.epochs, lr, format_metrics(record["train"]),
-                format_metrics(valid) if valid else "-", seconds, note)
+            self.log.info("%s%s epoch %d/%d lr %.4e train %s valid %s %.1fs ETA %s%s",
+                          self.name, where, epoch + 1, self.epochs, lr,
+                          format_metrics(record["train"]),
+                          format_metrics(valid) if valid else "-", seconds,
+                          format_duration(eta), note)
+            if metrics is not None:
+                metrics.write(result.history, result.timings)
             self.scheduler.step()
             meter = self.task.meter()
             save(epoch + 1, 0, 0.0)
+        if metrics is not None:
+            metrics.close()
+        self.log.info("%s%s: %d epochs done in %s", self.name, where, self.epochs,
+                      format_duration(result.total_seconds()))
         return result

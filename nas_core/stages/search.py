@@ -159,7 +159,7 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
         loop = EpochLoop("search", cfg, model=model,
                          dataset=SeededDataset(bundle.train, cfg["seed"]), optimizer=w_opt,
                          scheduler=sched, checkpointer=checkpointer, task=stage.task,
-                         runtime=runtime)
+                         runtime=runtime, label=bundle.name, out_dir=out_dir)
         result = loop.run(stage)
 
         genotype = model.genotype()

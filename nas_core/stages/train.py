@@ -131,7 +131,8 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
         loop = EpochLoop("train", cfg, model=model,
                          dataset=SeededDataset(bundle.train, cfg["seed"], cutout=cfg["cutout"]),
                          optimizer=opt, scheduler=sched, checkpointer=checkpointer,
-                         task=stage.task, runtime=runtime)
+                         task=stage.task, runtime=runtime, label=bundle.name,
+                         out_dir=out_dir)
         result = loop.run(stage)
 
         best = stage.best
