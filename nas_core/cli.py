@@ -149,6 +149,12 @@ def _device(p: argparse.ArgumentParser) -> None:
                         "else CPU)")
 
 
+def _nproc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", metavar="N", type=int, default=None,
+                   help="data-parallel processes (torch.distributed: NCCL on the first N "
+                        "visible GPUs, gloo on the CPU; default: 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -167,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_keys_epilog(["search"]))
     _common(p, "search")
     _device(p)
+    _nproc(p)
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: results/NAME/search)")
 
@@ -192,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_keys_epilog(["train"]))
     _common(p, "train")
     _device(p)
+    _nproc(p)
     p.add_argument("--genotype", metavar="FILE", default=None,
                    help="genotype.json (default: results/NAME/genotype.json)")
     p.add_argument("--out", metavar="DIR", default=None,
@@ -232,10 +240,11 @@ def _run(args: argparse.Namespace) -> Any:
         return {"files": [str(p) for p in download_data(ds.data, root)]}
     if cmd == "search":
         return run_search(ds.data, ds.search, args.out or base / "search", data_root=root,
-                          device=args.device)
+                          device=args.device, nproc=args.nproc)
     if cmd == "train":
         return run_train(ds.data, ds.train, args.genotype or base / "genotype.json",
-                         args.out or base / "train", data_root=root, device=args.device)
+                         args.out or base / "train", data_root=root, device=args.device,
+                         nproc=args.nproc)
     if cmd == "test":
         return run_test(ds.data, ds.train, ds.test, args.genotype or base / "genotype.json",
                         args.model or base / "train" / "model.pt",

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from nas_core.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from nas_core.distributed import SINGLE, World
 from nas_core.fileio import atomic_write_text
 from nas_core.stages.common import (KILL_ENV, format_duration, format_metrics, progress,
                                     state_dict_cpu)
@@ -40,29 +41,43 @@ log = logging.getLogger("nas_core.stages")
 
 class Checkpointer:
     """Saves and restores one stage run: its stateful objects (anything with ``state_dict`` /
-    ``load_state_dict``, stored under their names), the RNG states and the loop position."""
+    ``load_state_dict``, stored under their names), the RNG states and the loop position.
 
-    def __init__(self, path: Path, fingerprint: str, stage: str, stateful: dict[str, Any]):
+    In a data-parallel run rank 0 reads (moving an unreadable file aside) and writes the file;
+    every rank restores from it, each its own RNG state."""
+
+    def __init__(self, path: Path, fingerprint: str, stage: str, stateful: dict[str, Any],
+                 world: World = SINGLE):
         self.path, self.fingerprint, self.stage, self.stateful = path, fingerprint, stage, stateful
+        self.world = world
 
     def restore(self) -> dict[str, Any] | None:
         """Load the checkpoint into the stateful objects and the RNGs; its dict, or None."""
-        ckpt = load_checkpoint(self.path, self.fingerprint)
+        ckpt = load_checkpoint(self.path, self.fingerprint) if self.world.is_main else None
+        if self.world.broadcast(ckpt is not None) and not self.world.is_main:
+            ckpt = load_checkpoint(self.path, self.fingerprint)
         if ckpt is None:
             return None
         for name, obj in self.stateful.items():
             obj.load_state_dict(ckpt[name])
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        set_rng_state(ranks[self.world.rank] if ranks else ckpt["rng"])
         log.info("resuming from %s at epoch %d step %d", self.path, ckpt["epoch"], ckpt["step"])
         return ckpt
 
     def save(self, epoch: int, step: int, **extra: Any) -> None:
-        """Checkpoint at ``step`` steps into ``epoch``, with ``extra`` plain values."""
+        """Checkpoint at ``step`` steps into ``epoch``, with ``extra`` plain values (every
+        rank calls it; rank 0 writes)."""
+        rngs = self.world.gather(get_rng_state())
+        if not self.world.is_main:
+            return
         state: dict[str, Any] = {"stage": self.stage, "epoch": epoch, "step": step}
         for name, obj in self.stateful.items():
             state[name] = (state_dict_cpu(obj) if isinstance(obj, torch.nn.Module)
                            else obj.state_dict())
-        state["rng"] = get_rng_state()
+        state["rng"] = rngs[0]
+        if self.world.size > 1:
+            state["rng_ranks"] = rngs
         state.update(extra)
         save_checkpoint(self.path, state, self.fingerprint)
 
@@ -146,10 +161,12 @@ class EpochStage:
         """Called before the epoch's first step; entries for its record (after epoch, lr)."""
         return {}
 
-    def step(self, batches: Sequence[Batch], lr: float) -> tuple[torch.Tensor, torch.Tensor,
-                                                                   torch.Tensor]:
-        """One optimisation step on one batch per stream (on the device): ``(loss, output,
-        target)`` for the training meter."""
+    def step(self, batches: Sequence[Batch], lr: float,
+             shares: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimisation step on one batch per stream (on the device; in a data-parallel
+        run this rank's part, whose weight in the global batch is ``shares[i]``, see
+        :meth:`nas_core.distributed.World.average`): ``(loss, output, target)`` for the
+        training meter."""
         raise NotImplementedError
 
     def end_epoch(self, record: dict[str, Any]) -> str:
@@ -198,6 +215,7 @@ class EpochLoop:
         self.checkpointer, self.task, self.runtime = checkpointer, task, runtime
 
     def run(self, stage: EpochStage) -> LoopResult:
+        world = self.runtime.world
         result = LoopResult()
         meter = self.task.meter()
         start_epoch, start_step, partial_seconds = 0, 0, 0.0
@@ -206,19 +224,21 @@ class EpochLoop:
             start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
             result.history, result.timings = list(ckpt["history"]), list(ckpt["timings"])
             result.resumed_from = [start_epoch, start_step]
-            meter.load(ckpt["meter"])
+            if world.is_main:  # the saved sums are over every rank
+                meter.load(ckpt["meter"])
             partial_seconds = float(ckpt["epoch_seconds"])
             stage.load_state(ckpt)
         del ckpt
         stage.prepare()
 
         def save(epoch: int, step: int, seconds: float) -> None:
-            self.checkpointer.save(epoch, step, meter=meter.state(), history=result.history,
-                                   timings=result.timings, epoch_seconds=seconds,
-                                   **stage.state())
+            self.checkpointer.save(epoch, step, meter=world.sum_values(meter.state()),
+                                   history=result.history, timings=result.timings,
+                                   epoch_seconds=seconds, **stage.state())
 
         kill_at = _kill_step()
-        metrics = MetricsLog(self.out_dir, self.task, start_epoch) if self.out_dir else None
+        metrics = (MetricsLog(self.out_dir, self.task, start_epoch)
+                   if self.out_dir and world.is_main else None)
         where = f" {self.label}" if self.label else ""
         self.log.info("%s%s: epoch %d of %d%s, %s", self.name, where, start_epoch + 1,
                       self.epochs, f" (resumed at step {start_step})" if start_step else "",
@@ -235,14 +255,17 @@ class EpochLoop:
                 meter = self.task.meter()
             lr = lr_of(self.optimizer)
             record: dict[str, Any] = {"epoch": epoch, "lr": lr, **stage.begin_epoch(epoch)}
-            loaders = [self.runtime.loader(self.dataset,
-                                           [s[k % len(s)] for k in range(step0, n_steps)])
-                       for s in streams]
+            plan = [[s[k % len(s)] for k in range(step0, n_steps)] for s in streams]
+            shares = [[world.share(len(b)) for b in batches] for batches in plan]
+            loaders = [self.runtime.loader(self.dataset, [world.shard(b) for b in batches])
+                       for batches in plan]
             self.model.train()
             bar = progress(n_steps, step0, f"{self.name}{where} {epoch + 1}/{self.epochs}")
             try:
                 for step, raw in enumerate(zip(*loaders), start=step0):
-                    loss, out, y = stage.step(tuple(self.runtime.batch(*b) for b in raw), lr)
+                    k = step - step0
+                    loss, out, y = stage.step(tuple(self.runtime.batch(*b) for b in raw), lr,
+                                              tuple(share[k] for share in shares))
                     meter.update(loss, out, y)
                     bar.update(1)
                     done = step + 1
@@ -252,7 +275,8 @@ class EpochLoop:
                         os.kill(os.getpid(), signal.SIGKILL)  # test-only (KILL_ENV)
             finally:
                 bar.close()
-            record["train"] = meter.result()
+            record["train"] = self.task.meter().load(world.sum_values(meter.state())).result()
+            world.sync_buffers(self.model)  # every rank evaluates the model rank 0 saves
             note = stage.end_epoch(record)
             result.history.append(record)
             seconds = timer.seconds()

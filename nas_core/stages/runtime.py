@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nas_core.distributed import SINGLE, World, current_world
 from nas_core.stages.common import (autocast, determinism, make_loader, resolve_amp,
                                     resolve_channels_last, resolve_device)
 from nas_core.tasks import Task
@@ -34,6 +35,7 @@ class Runtime:
     num_workers: int
     threads: int
     deterministic: bool = False
+    world: World = SINGLE
 
     @classmethod
     def resolve(cls, cfg: dict, device: str | torch.device | None = None, *,
@@ -42,19 +44,27 @@ class Runtime:
         ``deterministic`` where the stage has them; ``channels_last`` overrides the block's,
         for the test stage which follows the train block) and a device (None: CUDA when
         available, else CPU)."""
+        world = current_world()
         dev = resolve_device(device)
+        if world.size > 1 and dev.type == "cuda":  # one device per rank
+            dev = torch.device("cuda", world.local_rank)
         amp_dtype = resolve_amp(cfg["amp"], dev)
         layout = cfg.get("channels_last", "auto") if channels_last is None else channels_last
         return cls(device=dev, amp_dtype=amp_dtype,
                    channels_last=resolve_channels_last(layout, dev, amp_dtype),
                    num_workers=int(cfg["num_workers"]), threads=torch.get_num_threads(),
-                   deterministic=bool(cfg.get("deterministic", False)))
+                   deterministic=bool(cfg.get("deterministic", False)), world=world)
 
     def describe(self) -> str:
         """One line for the logs, e.g. ``cpu, amp off, channels_last on, 2 threads``."""
         amp = "off" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
-        return (f"{self.device}, amp {amp}, channels_last {'on' if self.channels_last else 'off'}"
-                f", {self.threads} threads, {self.num_workers} loader workers")
+        ranks = (f"{self.world.size} processes ({'NCCL' if self.device.type == 'cuda' else 'gloo'}"
+                 f"), " if self.world.size > 1 else "")
+        device = f"{self.device.type} x{self.world.size}" if self.world.size > 1 else self.device
+        return (f"{device}, {ranks}amp {amp}, channels_last "
+                f"{'on' if self.channels_last else 'off'}, {self.threads} threads"
+                f"{' per process' if self.world.size > 1 else ''}, {self.num_workers} loader "
+                f"workers")
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -108,11 +118,13 @@ def index_batches(indices: Sequence[int], batch_size: int,
 def evaluate(model: torch.nn.Module, dataset: Dataset, indices: Sequence[int], task: Task,
              runtime: Runtime, *, batch_size: int, max_batches: int | None = None) -> dict:
     """Loss and metric of ``model`` (eval mode) on ``dataset[indices]`` in order, at most
-    ``max_batches`` batches: ``{"loss", task.metric}`` (None values when empty)."""
+    ``max_batches`` batches: ``{"loss", task.metric}`` (None values when empty).  In a
+    data-parallel run each rank reads its part of every batch and the sums are added."""
+    world = runtime.world
     meter = task.meter()
-    for out, y in runtime.outputs(model, dataset, index_batches(indices, batch_size,
-                                                                max_batches)):
+    batches = [world.shard(b) for b in index_batches(indices, batch_size, max_batches)]
+    for out, y in runtime.outputs(model, dataset, [b for b in batches if b]):
         with runtime.autocast():
             value = task.loss(out, y)
         meter.update(value, out, y)
-    return meter.result()
+    return meter.load(world.sum_values(meter.state())).result()

@@ -35,9 +35,11 @@ from nas_core.architect import Architect
 from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
 from nas_core.config import NON_RESULT_KEYS, ConfigError, validate_stage_cfg
 from nas_core.data import DataBundle, load_data, split_indices
+from nas_core.distributed import data_parallel
 from nas_core.graphs import make_search_step
 from nas_core.model_search import SearchNetwork
-from nas_core.stages.common import SeededDataset, epoch_batches, seed_everything, state_dict_cpu
+from nas_core.stages.common import (SeededDataset, derive_seed, epoch_batches, seed_everything,
+                                    state_dict_cpu)
 from nas_core.stages.genotype import ALPHAS_FORMAT
 from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
@@ -91,8 +93,14 @@ class _Search(EpochStage):
                                    arch_weight_decay=cfg["arch_weight_decay"])
         self.w_opt = w_opt
         self.search_step = None
+        self.shares = {"train": 1.0, "val": 1.0}
+        if runtime.world.size > 1:
+            self.architect.grad_reduce = self._reduce
 
     def prepare(self) -> None:  # after the restore: the arch optimizer's state is final
+        if self.cfg["cuda_graphs"] and self.runtime.world.size > 1:
+            raise ConfigError(f"search.cuda_graphs: not with {self.runtime.world.size} "
+                              f"data-parallel processes (use one process per search)")
         try:
             self.search_step = make_search_step(
                 self.model, self.architect, self.w_opt, self.cfg["grad_clip"],
@@ -105,10 +113,16 @@ class _Search(EpochStage):
         return (epoch_batches(self.w_idx, bs, seed, epoch, "search-weights"),
                 epoch_batches(self.a_idx, bs, seed, epoch, "search-alphas"))
 
-    def step(self, batches: Sequence[Batch], lr: float):
+    def step(self, batches: Sequence[Batch], lr: float, shares: Sequence[float]):
         weights, alphas = batches
+        self.shares = {"train": shares[0], "val": shares[1]}
         loss, out = self.search_step(weights, alphas, lr)
         return loss, out, weights[1]
+
+    def _reduce(self, grads: list[torch.Tensor], which: str) -> None:
+        """Gradients of this rank's part -> those of the global batch (weights on the
+        ``train`` batch, alphas on the ``val`` batch)."""
+        self.runtime.world.average(grads, self.shares[which])
 
     def end_epoch(self, record: dict) -> str:
         record["valid"] = evaluate(self.model, self.bundle.train_eval, self.a_idx, self.task,
@@ -121,13 +135,15 @@ class _Search(EpochStage):
         return f" genotype {genotype.to_legacy()}"
 
 
+@data_parallel
 def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | Path = "resources",
                device: str | torch.device | None = None) -> dict:
     """Run (or resume) the DARTS search; see the module docstring and docs/architecture.md.
 
     Returns ``{"alphas", "supernet", "history", "timings"}`` (paths as str), ``"genotype"``
     (dict), ``"train"`` / ``"valid"`` (metrics of the last epoch) and ``"resumed_from"``
-    (``[epoch, step]`` or None).
+    (``[epoch, step]`` or None).  ``nproc=N`` (keyword) searches data-parallel in N processes
+    (:mod:`nas_core.distributed`): weight and alpha gradients averaged over the ranks.
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in OUTPUTS}
@@ -136,8 +152,9 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     if cfg["cuda_graphs"] and runtime.device.type != "cuda":
         raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on {runtime.device}")
     bundle = load_data(data, data_root)
+    world = runtime.world
     fp = fingerprint({"stage": "search", "data": data, "data_source": bundle.source,
-                      "cfg": {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}})
+                      "world_size": world.size, "cfg": {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}})
 
     with runtime.determinism():
         seed_everything(cfg["seed"])
@@ -145,6 +162,8 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
             bundle.in_channels, cfg["init_channels"], bundle.num_outputs, cfg["layers"],
             steps=cfg["steps"], multiplier=cfg["multiplier"],
             partial_channels=cfg["partial_channels"]))
+        if world.size > 1:  # equal weights on every rank, then per-rank random streams
+            seed_everything(derive_seed(cfg["seed"], "rank", world.rank))
         w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg["lr"],
                                 momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg["epochs"],
@@ -155,7 +174,7 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
                  len(stage.a_idx), runtime.describe())
         checkpointer = Checkpointer(out_dir / "checkpoints" / "last.pt", fp, "search", {
             "model": model, "w_optimizer": w_opt,
-            "arch_optimizer": stage.architect.arch_optimizer, "scheduler": sched})
+            "arch_optimizer": stage.architect.arch_optimizer, "scheduler": sched}, world)
         loop = EpochLoop("search", cfg, model=model,
                          dataset=SeededDataset(bundle.train, cfg["seed"]), optimizer=w_opt,
                          scheduler=sched, checkpointer=checkpointer, task=stage.task,
@@ -163,6 +182,7 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
         result = loop.run(stage)
 
         genotype = model.genotype()
+    if world.is_main:
         atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
         atomic_write_json(paths["history.json"], {"stage": "search", "metric": stage.task.metric,
                                                   "epochs": result.history})

@@ -24,8 +24,10 @@ from nas_core import __version__
 from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
 from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
 from nas_core.data import DataBundle, load_data, split_indices
+from nas_core.distributed import data_parallel
 from nas_core.model_eval import EvalNetwork, count_parameters
-from nas_core.stages.common import SeededDataset, epoch_batches, seed_everything, state_dict_cpu
+from nas_core.stages.common import (SeededDataset, derive_seed, epoch_batches, seed_everything,
+                                    state_dict_cpu)
 from nas_core.stages.genotype import load_genotype_file
 from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
@@ -59,7 +61,7 @@ class _Train(EpochStage):
         self.model.drop_path_prob = drop_prob
         return {"drop_path_prob": drop_prob}
 
-    def step(self, batches: Sequence[Batch], lr: float):
+    def step(self, batches: Sequence[Batch], lr: float, shares: Sequence[float]):
         (x, y), = batches
         self.optimizer.zero_grad(set_to_none=True)
         with self.runtime.autocast():
@@ -68,6 +70,8 @@ class _Train(EpochStage):
             if logits_aux is not None:
                 loss = loss + self.cfg["auxiliary_weight"] * self.task.loss(logits_aux, y)
         loss.backward()
+        self.runtime.world.average([p.grad for p in self.model.parameters()
+                                    if p.grad is not None], shares[0])
         if self.cfg["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
         self.optimizer.step()
@@ -94,6 +98,7 @@ class _Train(EpochStage):
         self.best = dict(ckpt["best"])
 
 
+@data_parallel
 def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, *,
               data_root: str | Path = "resources",
               device: str | torch.device | None = None) -> dict:
@@ -101,6 +106,7 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
 
     Returns ``{"model", "history", "timings"}`` (paths as str), ``"best_epoch"``,
     ``"train"`` / ``"valid"`` (metrics of the last epoch) and ``"resumed_from"``.
+    ``nproc=N`` (keyword) trains data-parallel in N processes (:mod:`nas_core.distributed`).
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in OUTPUTS}
@@ -108,8 +114,9 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
     geno = load_genotype_file(genotype)
     runtime = Runtime.resolve(cfg, device)
     bundle = load_data(data, data_root)
+    world = runtime.world
     fp = fingerprint({"stage": "train", "data": data, "data_source": bundle.source,
-                      "genotype": geno.to_dict(),
+                      "genotype": geno.to_dict(), "world_size": world.size,
                       "cfg": {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}})
 
     with runtime.determinism():
@@ -117,6 +124,8 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
         model = runtime.model(EvalNetwork(geno, bundle.in_channels, cfg["init_channels"],
                                           bundle.num_outputs, cfg["layers"],
                                           auxiliary=cfg["auxiliary"]))
+        if world.size > 1:  # equal weights on every rank, then each rank its own drop-path
+            seed_everything(derive_seed(cfg["seed"], "rank", world.rank))
         opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                               weight_decay=cfg["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"],
@@ -127,7 +136,7 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
                  len(stage.tr_idx), len(stage.va_idx), runtime.describe(),
                  count_parameters(model))
         checkpointer = Checkpointer(out_dir / "checkpoints" / "last.pt", fp, "train",
-                                    {"model": model, "optimizer": opt, "scheduler": sched})
+                                    {"model": model, "optimizer": opt, "scheduler": sched}, world)
         loop = EpochLoop("train", cfg, model=model,
                          dataset=SeededDataset(bundle.train, cfg["seed"], cutout=cfg["cutout"]),
                          optimizer=opt, scheduler=sched, checkpointer=checkpointer,
@@ -136,6 +145,7 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
         result = loop.run(stage)
 
         best = stage.best
+    if world.is_main:
         atomic_write_json(paths["history.json"], {
             "stage": "train",
             "metric": stage.task.metric,

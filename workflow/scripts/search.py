@@ -6,7 +6,7 @@ from nas_core.jobs import gpu_job, log_to
 
 log_to(snakemake.log[0], snakemake.rule)
 
-with gpu_job(snakemake.resources.gpu, snakemake.threads):
+with gpu_job(snakemake.resources.gpu, snakemake.threads) as devices:
     from nas_core.stages import run_search
 
     run_search(
@@ -14,4 +14,5 @@ with gpu_job(snakemake.resources.gpu, snakemake.threads):
         snakemake.params.search,
         Path(snakemake.output.alphas).parent,
         data_root=snakemake.params.root,
+        nproc=len(devices) or None,  # one data-parallel process per granted device
     )

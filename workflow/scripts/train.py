@@ -6,7 +6,7 @@ from nas_core.jobs import gpu_job, log_to
 
 log_to(snakemake.log[0], snakemake.rule)
 
-with gpu_job(snakemake.resources.gpu, snakemake.threads):
+with gpu_job(snakemake.resources.gpu, snakemake.threads) as devices:
     from nas_core.stages import run_train
 
     run_train(
@@ -15,4 +15,5 @@ with gpu_job(snakemake.resources.gpu, snakemake.threads):
         Path(snakemake.input.genotype),
         Path(snakemake.output.model).parent,
         data_root=snakemake.params.root,
+        nproc=len(devices) or None,  # one data-parallel process per granted device
     )
