@@ -12,6 +12,11 @@ batch, which updates them exactly as the original does.  The second-order step r
 train-mode forwards, three of them at perturbed weights (the original updates the real model's
 statistics three times); here every BatchNorm buffer is saved before and restored after, so the
 second-order arch step leaves the running statistics untouched.
+
+Both orders differentiate each loss once (the Hessian-vector product is a finite difference),
+so they run on the supernet's lean BatchNorm (``SearchNetwork(..., lean_batchnorm=True)``, the
+default); only code that differentiates twice (``create_graph=True``) needs
+``lean_batchnorm=False``, and the lean BatchNorm raises a clear error there.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch.nn as nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["Architect", "search_step", "frozen_batchnorm_stats"]
+__all__ = ["Architect", "search_step", "frozen_batchnorm_stats", "LossFn"]
 
 
 @contextlib.contextmanager
@@ -67,8 +72,19 @@ class Architect:
         self.loss_fn = loss_fn
         self.w_optimizer = w_optimizer
         self.order = order
+        #: data-parallel runs: ``grad_reduce(grads, "train" | "val")`` turns the gradients of
+        #: this rank's part of a batch into those of the global batch, in place (called after
+        #: every differentiation, before any use; None: one process)
+        self.grad_reduce: Callable[[list[torch.Tensor], str], None] | None = None
         self.arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr,
                                                betas=arch_betas, weight_decay=arch_weight_decay)
+
+    def _grad(self, loss: torch.Tensor, inputs: Sequence[torch.Tensor],
+              batch: str) -> list[torch.Tensor]:
+        grads = list(_grad(loss, inputs))
+        if self.grad_reduce is not None:
+            self.grad_reduce(grads, batch)
+        return grads
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.model(x), y)
@@ -82,7 +98,7 @@ class Architect:
         alphas = list(self.model.arch_parameters())
         if self.order == 1:
             val_loss = self.loss(x_val, y_val)
-            grads = _grad(val_loss, alphas)
+            grads = self._grad(val_loss, alphas, "val")
         else:
             with frozen_batchnorm_stats(self.model):
                 val_loss, grads = self._unrolled_grads(x_train, y_train, x_val, y_val, lr)
@@ -114,7 +130,7 @@ class Architect:
         try:
             # virtual step w' = w - lr * (momentum * buf + g + wd * w), with _foreach kernels
             # over the weights that share (momentum, weight decay, has a buffer)
-            grads = _grad(self.loss(x_train, y_train), weights)
+            grads = self._grad(self.loss(x_train, y_train), weights, "train")
             groups: dict[tuple[float, float, bool], list[tuple]] = {}
             for w, g, (momentum, wd) in zip(weights, grads, self._hyper(weights)):
                 buf = self.w_optimizer.state.get(w, {}).get("momentum_buffer")
@@ -128,7 +144,7 @@ class Architect:
                     torch._foreach_add_(ws, step, alpha=-lr)
             del grads, groups
             val_loss = self.loss(x_val, y_val)
-            g_all = _grad(val_loss, alphas + weights)
+            g_all = self._grad(val_loss, alphas + weights, "val")
             d_alpha, v = list(g_all[:len(alphas)]), list(g_all[len(alphas):])
             # finite-difference Hessian-vector product around the original weights; eps stays
             # a device tensor (no host synchronisation: the step can be a CUDA graph)
@@ -136,10 +152,10 @@ class Architect:
             with torch.no_grad():
                 torch._foreach_mul_(v, eps)  # v := eps * v
                 torch._foreach_copy_(weights, torch._foreach_add(backup, v))
-            g_pos = _grad(self.loss(x_train, y_train), alphas)
+            g_pos = self._grad(self.loss(x_train, y_train), alphas, "train")
             with torch.no_grad():
                 torch._foreach_copy_(weights, torch._foreach_sub(backup, v))
-            g_neg = _grad(self.loss(x_train, y_train), alphas)
+            g_neg = self._grad(self.loss(x_train, y_train), alphas, "train")
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(weights, backup)
@@ -165,6 +181,8 @@ def search_step(model: nn.Module, architect: Architect, w_optimizer: torch.optim
     logits = model(x_train)
     loss = architect.loss_fn(logits, y_train)
     loss.backward(inputs=weights)
+    if architect.grad_reduce is not None:
+        architect.grad_reduce([p.grad for p in weights if p.grad is not None], "train")
     if grad_clip is not None and grad_clip > 0:
         nn.utils.clip_grad_norm_(weights, grad_clip)
     w_optimizer.step()

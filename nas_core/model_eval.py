@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nas_core.genotypes import Genotype
-from nas_core.model_search import make_stem, pad_to_multiple, reduction_layers
+from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import FactorizedReduce, Identity, ReLUConvBN, create_op
 
-__all__ = ["EvalNetwork", "EvalCell", "AuxiliaryHead", "drop_path", "count_parameters",
-           "fill_num_batches_tracked"]
+__all__ = ["EvalNetwork", "EvalCell", "AuxiliaryHead", "AuxiliaryPool", "drop_path",
+           "count_parameters", "fill_num_batches_tracked"]
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

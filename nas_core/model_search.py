@@ -17,53 +17,44 @@ works on the first ``C/K`` channels; the other channels bypass it (2x2 max-poole
 edges), the two parts are concatenated and channel-shuffled with ``K`` groups, and each edge
 output is scaled by its edge-normalisation weight: softmax of ``betas`` over the edges entering
 the same node.
+
+Speed paths (same math; the kernels are in :mod:`nas_core.search_kernels`): each candidate op
+runs along a path chosen once, when the op is planned (:meth:`MixedOp.replan`), and the edges
+that read the same tensor share work through one :class:`EdgeInputCache`.  Two switches are
+constructor arguments of :class:`SearchNetwork` (handed down to every cell and mixed op):
+``lean_batchnorm`` (an op's final BatchNorm keeps its output, not its input; off: plain
+BatchNorm, needed for second derivatives through the supernet) and ``fuse_node_sums`` (one
+graph node per node sum in plain DARTS mode; off: one ``addcmul_`` per op output).
+
+Plans hold the op's submodules: a submodule assigned after construction (``setattr`` on any
+module, e.g. ReLU -> Softplus) marks every plan stale, and each mixed op re-plans before its
+next forward.  Settings changed in place on an existing submodule (an activation's ``inplace``,
+a BatchNorm's ``eps`` or ``affine``) need :meth:`SearchNetwork.replan`.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Hashable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.module import register_module_module_registration_hook
 
+from nas_core.genotypes import Genotype, derive_genotype
+from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
                           SepConv, create_op)
+from nas_core.search_kernels import (WeightedSum, batch_norm, batch_norm_last, shared_batch_norm,
+                                     tracks_running_stats)
 
-__all__ = ["SearchNetwork", "SearchCell", "MixedOp", "pad_to_multiple", "channel_shuffle",
-           "num_edges", "reduction_layers", "make_stem"]
+__all__ = ["SearchNetwork", "SearchCell", "MixedOp", "EdgeInputCache", "channel_shuffle",
+           "num_edges"]
 
 
 def num_edges(steps: int) -> int:
     """Number of mixed-op edges in a cell with ``steps`` intermediate nodes."""
     return sum(2 + i for i in range(steps))
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad the last two dims of ``x`` (N, C, H, W) up to multiples of ``multiple``.
-
-    The padding is split evenly, the odd pixel going to the bottom / right (30x80 -> 32x80 puts
-    one zero row on top and one at the bottom).  Returns ``x`` itself when nothing is needed.
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-
-
-def reduction_layers(layers: int) -> tuple[int, ...]:
-    """Indices of the reduction cells of a ``layers``-cell network: layers//3 and 2*layers//3
-    (once each).  Inputs are zero-padded to multiples of ``2 ** len(...)``."""
-    return tuple(sorted({layers // 3, 2 * layers // 3}))
-
-
-def make_stem(in_channels: int, channels: int) -> nn.Sequential:
-    """The DARTS stem: 3x3 convolution to ``channels`` and BatchNorm (``stem.0``, ``stem.1``)."""
-    return nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(channels))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -81,257 +72,241 @@ def _edge_softmax(betas: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, MaxPool2x2)
+# -- staleness of the op plans ---------------------------------------------------------------------
+#: Submodule assignments anywhere in the process so far (a global nn.Module registration hook);
+#: a plan built at another count may hold a module that has been replaced.
+_tree_version = 0
 
+
+def _count_registration(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+    global _tree_version
+    _tree_version += 1
+
+
+register_module_module_registration_hook(_count_registration)
+
+
+# -- the per-forward cache of one node -----------------------------------------------------------
+class EdgeInputCache:
+    """The work shared by the edges that read one tensor (one node) during one cell forward.
+
+    Filled by the first edge that needs an entry; every later edge reads it (same math):
+
+    * :meth:`activation`: the output of a stateless activation (``relu(x)`` for sep/dil conv,
+      FactorizedReduce, ReLUConvBN), one per activation type and settings; autograd sums the
+      edges' gradients before one activation backward;
+    * :attr:`pooled`: pooling + ``BatchNorm2d(affine=False)`` results (training mode, or no
+      running statistics), keyed by (primitive, stride, eps);
+    * :attr:`bypass`: the PC-DARTS bypass (max-pooled channels) of stride-2 edges.
+
+    ``readers``: the mixed ops of the edges that read this tensor (their pooling BatchNorms get
+    their running-statistics updates together); ``counters``: the cell's list of
+    ``num_batches_tracked`` tensors, incremented after the forward (None: at once).
+    """
+
+    __slots__ = ("readers", "counters", "activations", "pooled", "bypass")
+
+    def __init__(self, readers: Sequence["MixedOp"] = (),
+                 counters: list[torch.Tensor] | None = None):
+        self.readers = readers
+        self.counters = counters
+        #: activation key (type, settings) -> act(x)
+        self.activations: dict[Hashable, torch.Tensor] = {}
+        #: (primitive, stride, eps) -> batch-normalised pooling of x
+        self.pooled: dict[Hashable, torch.Tensor] = {}
+        #: PC-DARTS: ``max_pool2d`` of the bypassed channels (stride-2 edges)
+        self.bypass: torch.Tensor | None = None
+
+    def activation(self, key: Hashable, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``act(x)``, computed by the first edge that asks for ``key``."""
+        y = self.activations.get(key)
+        if y is None:
+            y = self.activations[key] = act(x)
+        return y
+
+
+# -- op paths: how one candidate op runs, decided when it is planned ------------------------------
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, MaxPool2x2)
 
 #: Elementwise activations without state whose output on a node can be shared by the edges.
 _SHAREABLE_ACTIVATIONS = (nn.ReLU, nn.Softplus, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh,
                           nn.Sigmoid)
 
-
-def _activation_tail(op: nn.Module) -> tuple[nn.Module, list[nn.Module]] | None:
-    """``(activation, rest)`` of an op that starts with a stateless, not in-place activation
-    (sep/dil conv, ReLUConvBN, a ``Sequential`` such as conv_7x1_1x7), else None."""
-    if isinstance(op, (ReLUConvBN, SepConv, DilConv)):
-        op = op.op
-    if isinstance(op, nn.Sequential) and len(op) > 1:
-        mods = list(op._modules.values())
-        act = mods[0]
-        if type(act) in _SHAREABLE_ACTIVATIONS and not getattr(act, "inplace", False):
-            return act, mods[1:]
-    return None
+# steps of an activation-tail path
+_MODULE, _RELU_IN_PLACE, _BATCH_NORM, _LEAN_BATCH_NORM = range(4)
 
 
-def _shared_activation(act: nn.Module, x: torch.Tensor, cache: dict) -> torch.Tensor:
-    """``act(x)``, computed once per node and activation (type and settings)."""
-    key = ("act", type(act), act.extra_repr())
-    y = cache.get(key)
-    if y is None:
-        y = cache[key] = act(x)
-    return y
+def _shareable(act: nn.Module) -> bool:
+    return type(act) in _SHAREABLE_ACTIVATIONS and not getattr(act, "inplace", False)
 
 
-def _pool_bn(op: nn.Module) -> tuple[nn.Module, nn.BatchNorm2d] | None:
-    """``(pool, bn)`` of a ``Sequential(pool, BatchNorm2d(affine=False))`` op, else None."""
+def _activation_key(act: nn.Module) -> Hashable:
+    return type(act), act.extra_repr()
+
+
+class _OpPath:
+    """An op run as itself: ``op(x)``.  Base of the paths; ``pool_bn`` is the BatchNorm of a
+    pooling + BN path (None for every other path)."""
+
+    pool_bn: nn.BatchNorm2d | None = None
+
+    def __init__(self, op: nn.Module):
+        self.op = op
+
+    def __call__(self, x: torch.Tensor, cache: EdgeInputCache) -> torch.Tensor:
+        return self.op(x)
+
+
+class _IdentityPath(_OpPath):
+    """``skip_connect`` at stride 1: ``x`` itself."""
+
+    def __call__(self, x: torch.Tensor, cache: EdgeInputCache) -> torch.Tensor:
+        return x
+
+
+class _ActivationTailPath(_OpPath):
+    """An op that starts with a shareable activation (sep/dil conv, ReLUConvBN, a
+    ``Sequential`` such as conv_7x1_1x7): the shared ``act(x)``, then the other modules, a ReLU
+    after a BatchNorm rectifying in place (BatchNorm's backward reads its input, not its
+    output: one activation fewer kept per sep_conv; autograd checks the versions), BatchNorms
+    as one kernel, the last one lean (:func:`batch_norm_last`) when planned so."""
+
+    def __init__(self, op: nn.Module, act: nn.Module, steps: tuple[tuple[int, nn.Module], ...]):
+        super().__init__(op)
+        self.act = act
+        self.key = _activation_key(act)
+        self.steps = steps
+
+    def __call__(self, x: torch.Tensor, cache: EdgeInputCache) -> torch.Tensor:
+        y = cache.activation(self.key, self.act, x)
+        counters = cache.counters
+        for kind, m in self.steps:
+            if kind == _MODULE:
+                y = m(y)
+            elif kind == _RELU_IN_PLACE:
+                y = F.relu(y, inplace=True)
+            elif kind == _BATCH_NORM or not m.training:
+                y = batch_norm(m, y, counters)
+            else:  # _LEAN_BATCH_NORM in training mode: the tensor before it is not kept
+                y = batch_norm_last(m, y, counters)
+        return y
+
+
+class _FactorizedReducePath(_OpPath):
+    """``skip_connect`` at stride 2: the shared ``relu(x)``, the two offset convolutions, the
+    BatchNorm (lean when planned so and in training mode)."""
+
+    def __init__(self, op: FactorizedReduce, lean: bool):
+        super().__init__(op)
+        self.act = op.relu
+        self.key = _activation_key(op.relu)
+        self.bn = op.bn
+        self.lean = lean
+
+    def __call__(self, x: torch.Tensor, cache: EdgeInputCache) -> torch.Tensor:
+        y = self.op.convolve(cache.activation(self.key, self.act, x))
+        if self.lean and self.bn.training:
+            return batch_norm_last(self.bn, y, cache.counters)
+        return batch_norm(self.bn, y, cache.counters)
+
+
+class _PoolBatchNormPath(_OpPath):
+    """``Sequential(pool, BatchNorm2d(affine=False))``: in training mode (or without running
+    statistics) the pooled, batch-normalised tensor is computed once per (node, primitive,
+    stride, eps), and each edge's BatchNorm module still gets its own running-statistics update
+    from the shared batch statistics; in eval mode with running statistics each edge runs its
+    own op."""
+
+    def __init__(self, op: nn.Module, pool: nn.Module, bn: nn.BatchNorm2d, index: int,
+                 primitive: str, stride: int, lean: bool):
+        super().__init__(op)
+        self.pool = pool
+        self.pool_bn = bn
+        self.index = index
+        self.stride = stride
+        self.key = (primitive, stride, bn.eps)
+        self.lean = lean
+
+    def __call__(self, x: torch.Tensor, cache: EdgeInputCache) -> torch.Tensor:
+        bn = self.pool_bn
+        track = tracks_running_stats(bn)
+        if not bn.training and track:
+            return self.op(x)
+        y = cache.pooled.get(self.key)
+        if y is None:
+            group: list[nn.BatchNorm2d] = []
+            if bn.training and track:
+                # this primitive's BN on every edge that reads x: each gets its own update
+                group.append(bn)
+                for other in cache.readers:
+                    other_bn = other._paths[self.index].pool_bn
+                    if (other_bn is not None and other_bn is not bn
+                            and other.stride == self.stride and other_bn.training
+                            and tracks_running_stats(other_bn)):
+                        group.append(other_bn)
+            y = cache.pooled[self.key] = shared_batch_norm(self.pool(x), bn.eps, group,
+                                                           self.lean, cache.counters)
+        return y
+
+
+def _plan_op(op: nn.Module, index: int, primitive: str, stride: int, lean: bool) -> _OpPath:
+    """The path of candidate op ``index`` (``primitive``) of a mixed op."""
+    if primitive == "none":
+        return _OpPath(op)  # never run in a sum (exact zero); only for a `none`-only edge
+    if isinstance(op, Identity):
+        return _IdentityPath(op)
+    seq = op.op if isinstance(op, (ReLUConvBN, SepConv, DilConv)) else op
+    if isinstance(seq, nn.Sequential) and len(seq) > 1:
+        act, *rest = seq._modules.values()
+        if _shareable(act):
+            steps = []
+            prev = None
+            for m in rest:
+                if type(m) is nn.ReLU and type(prev) is nn.BatchNorm2d:
+                    steps.append((_RELU_IN_PLACE, m))
+                elif type(m) is nn.BatchNorm2d:
+                    last = lean and m is rest[-1] and not m.affine
+                    steps.append((_LEAN_BATCH_NORM if last else _BATCH_NORM, m))
+                else:
+                    steps.append((_MODULE, m))
+                prev = m
+            return _ActivationTailPath(op, act, tuple(steps))
+    if isinstance(op, FactorizedReduce) and _shareable(op.relu):
+        return _FactorizedReducePath(op, lean and not op.bn.affine)
     if isinstance(op, nn.Sequential) and len(op) == 2:
         pool, bn = op._modules.values()
         if isinstance(pool, _POOLS) and type(bn) is nn.BatchNorm2d and not bn.affine:
-            return pool, bn
-    return None
-
-
-def _tracks(bn: nn.BatchNorm2d) -> bool:
-    return bn.track_running_stats and bn.running_mean is not None
-
-
-def _momentum(bn: nn.BatchNorm2d, counters: list | None) -> float:
-    """The running-average factor of a train-mode forward of ``bn``, counting the batch: its
-    momentum (the counter goes to ``counters`` when given, else is incremented now), or
-    ``1 / num_batches_tracked`` after the increment when the momentum is None (as the module)."""
-    if bn.num_batches_tracked is not None:
-        if bn.momentum is not None and counters is not None:
-            counters.append(bn.num_batches_tracked)
-        else:
-            with torch.no_grad():
-                bn.num_batches_tracked.add_(1)
-    if bn.momentum is None:
-        return 1.0 / float(bn.num_batches_tracked)
-    return bn.momentum
-
-
-@torch.no_grad()
-def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
-                          var: torch.Tensor, counters: list | None = None) -> None:
-    """Update each module's running statistics as its own train-mode forward would, from the
-    batch ``mean`` and unbiased ``var`` (factor and counter: ``_momentum``).  Modules with the
-    same factor are updated together (``_foreach`` kernels)."""
-    by_factor: dict[float, list[nn.BatchNorm2d]] = {}
-    for bn in bns:
-        by_factor.setdefault(float(_momentum(bn, counters)), []).append(bn)
-    for factor, group in by_factor.items():
-        means = [bn.running_mean for bn in group]
-        variances = [bn.running_var for bn in group]
-        torch._foreach_mul_(means, 1.0 - factor)
-        torch._foreach_add_(means, [mean] * len(group), alpha=factor)
-        torch._foreach_mul_(variances, 1.0 - factor)
-        torch._foreach_add_(variances, [var] * len(group), alpha=factor)
-
-
-#: (channels, dtype, device) -> (zeros, ones): constants of the lean BatchNorm's backward
-_ZERO_ONE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _zero_one(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (like.shape[0], like.dtype, like.device)
-    pair = _ZERO_ONE.get(key)
-    if pair is None:
-        pair = _ZERO_ONE[key] = (torch.zeros_like(like), torch.ones_like(like))
-    return pair
-
-
-class _BatchNormFromOutput(torch.autograd.Function):
-    """Batch-statistics normalisation without affine parameters whose backward reads only its
-    output ``y`` and ``invstd`` (``dx = invstd * (dy - mean(dy) - y * mean(dy * y))``), so its
-    input need not be kept: the weighted sum keeps ``y`` anyway.  Forward and backward are
-    ATen's own batch-norm kernels; the forward also updates the running statistics when they
-    are given (in the same kernel, as ``F.batch_norm``), and returns the batch mean and
-    ``invstd`` too (not differentiable).  Once differentiable (a second
-    derivative raises): code that needs second derivatives through the supernet
-    (``create_graph=True``) sets ``MixedOp.lean_batchnorm = False``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, running_mean: torch.Tensor | None,  # type: ignore[override]
-                running_var: torch.Tensor | None, momentum: float, eps: float):
-        y, mean, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var,
-                                                  True, momentum, eps)
-        ctx.save_for_backward(y, invstd)
-        ctx.mark_non_differentiable(mean, invstd)
-        ctx.set_materialize_grads(False)
-        return y, mean, invstd
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor | None, _dmean, _dinvstd):  # type: ignore[override]
-        if dy is None:
-            return None, None, None, None, None
-        if torch.is_grad_enabled():  # create_graph=True: x is not kept, so refuse loudly
-            raise RuntimeError(
-                "nas_core.model_search: cannot differentiate twice through the lean batch "
-                "normalisation of the supernet; set MixedOp.lean_batchnorm = False first")
-        y, invstd = ctx.saved_tensors
-        # ATen's fused kernel on x_hat = y (mean 0, invstd 1) with invstd as the affine weight:
-        # (dy - mean(dy) - y * mean(dy * y)) * invstd, accumulated as ATen does
-        zero, one = _zero_one(invstd)
-        dx = torch.ops.aten.native_batch_norm_backward(
-            dy, y, invstd, None, None, zero, one, True, 0.0, [True, False, False])[0]
-        return dx, None, None, None, None
-
-
-_LEAN_DTYPES = (torch.float32, torch.float64)
-
-
-def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, counters: list | None = None) -> torch.Tensor:
-    """``bn(x)`` for a training-mode BatchNorm of the supernet: one kernel (its counter goes to
-    ``counters`` when given, see ``_momentum``)."""
-    if not (bn.training and _tracks(bn)):
-        return bn(x)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True,
-                        _momentum(bn, counters), bn.eps)
-
-
-def _batch_norm_last(bn: nn.BatchNorm2d, x: torch.Tensor,
-                     counters: list | None = None) -> torch.Tensor:
-    """``bn(x)`` for a training-mode ``BatchNorm2d(affine=False)`` whose output feeds only the
-    weighted sum: same values and running-statistics update, without keeping ``x``.  Reduced
-    precision (bf16/fp16 under autocast) takes the plain path: checked in float32/64 only."""
-    if x.dtype not in _LEAN_DTYPES:
-        return _batch_norm(bn, x, counters)
-    if not _tracks(bn):
-        return _BatchNormFromOutput.apply(x, None, None, 0.0, bn.eps)[0]
-    return _BatchNormFromOutput.apply(x, bn.running_mean, bn.running_var,
-                                      _momentum(bn, counters), bn.eps)[0]
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor | None:
-    """A 1-D view of a dense tensor in memory order (contiguous or channels_last), else None."""
-    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
-        return t.as_strided((t.numel(),), (1,))
-    return None
-
-
-def _dot(a: torch.Tensor, flat_a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum()``; one kernel and no temporary when ``a`` (flattened: ``flat_a``) and
-    ``b`` have the same dense layout."""
-    if (flat_a is not None and a.dtype == b.dtype and a.shape == b.shape
-            and a.stride() == b.stride()):
-        flat_b = _flat(b)
-        if flat_b is not None:
-            return torch.dot(flat_a, flat_b)
-    return (a * b).sum()
-
-
-class _WeightedSum(torch.autograd.Function):
-    """``sum_i w.flatten()[slots[i]] * ys[i]`` over the op outputs of every edge entering one
-    node (``w``: those edges' rows of softmax(alpha)).  One graph node instead of one
-    ``addcmul`` per term: the forward accumulates in place; the backward is ``grad * w`` per
-    output and one dot product per weight (autograd's ``addcmul`` backward would spend four
-    multiplications and a sum, with temporaries, per term)."""
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, slots: tuple[int, ...],  # type: ignore[override]
-                *ys: torch.Tensor) -> torch.Tensor:
-        ws = w.reshape(-1).unbind(0)
-        out = ys[0] * ws[slots[0]]
-        for slot, y in zip(slots[1:], ys[1:]):
-            out.addcmul_(ws[slot], y)
-        ctx.slots = slots
-        ctx.save_for_backward(w, *ys)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        w, *ys = ctx.saved_tensors
-        slots = ctx.slots
-        # the cell's concatenation hands a strided slice: one copy in the outputs' layout lets
-        # every dot product below read both operands as flat vectors
-        fmt = (torch.channels_last if grad.dim() == 4 and not ys[0].is_contiguous()
-               and ys[0].is_contiguous(memory_format=torch.channels_last)
-               else torch.contiguous_format)
-        grad = grad.contiguous(memory_format=fmt)
-        grad_ys: list[torch.Tensor | None] = [None] * len(ys)
-        grad_w = None
-        if ctx.needs_input_grad[0]:
-            dots: list[torch.Tensor | None] = [None] * w.numel()
-            flat = _flat(grad)
-            for slot, y in zip(slots, ys):
-                dots[slot] = _dot(grad, flat, y)
-            zero = None
-            for i, d in enumerate(dots):  # `none` ops and absent terms: exactly zero
-                if d is None:
-                    if zero is None:
-                        zero = grad.new_zeros(())
-                    dots[i] = zero
-            grad_w = torch.stack(dots).to(w.dtype).view(w.shape)
-        ws = w.reshape(-1).unbind(0)
-        for i, (slot, y) in enumerate(zip(slots, ys)):
-            if ctx.needs_input_grad[2 + i]:
-                grad_ys[i] = grad * ws[slot].to(grad.dtype)
-        return (grad_w, None, *grad_ys)
+            return _PoolBatchNormPath(op, pool, bn, index, primitive, stride, lean)
+    return _OpPath(op)
 
 
 class MixedOp(nn.Module):
     """All candidate operations of one edge; ``_ops.{k}`` follows the ``primitives`` order.
 
-    Work shared between the edges that read the same node (``cache``, one dict per node, filled
-    by the first edge that needs an entry; the math is unchanged):
-
-    * ``relu(x)``: every op that starts with a ReLU (sep/dil conv, FactorizedReduce) reads the
-      same rectified tensor; autograd sums the edges' gradients before one ReLU backward.  (Any
-      stateless activation of ``_SHAREABLE_ACTIVATIONS``, keyed by type and settings.)
-    * pooling + ``BatchNorm2d(affine=False)`` in training mode: the pooled, batch-normalised
-      tensor is computed once per (node, primitive, stride); each edge's BatchNorm module still
-      gets its own running-statistics update (its own momentum and ``num_batches_tracked``)
-      from the shared batch mean and unbiased variance.  In eval mode (running statistics of
-      each module) nothing is shared.
-    * the PC-DARTS bypass (max-pooled channels) of stride-2 edges.
+    Each op runs along a path decided when it is planned (at construction; again when a
+    submodule has been replaced since, or on :meth:`replan`): ``x`` itself (stride-1
+    ``skip_connect``); the shared activation then the op's other modules (sep/dil conv,
+    ReLUConvBN-like sequences); the shared ReLU, convolutions and BatchNorm (FactorizedReduce);
+    pooling + BatchNorm shared by the edges that read the same node; else ``op(x)``.  Edges
+    that read the same node share work through one :class:`EdgeInputCache`.
 
     The weighted sum is accumulated in place with ``addcmul_`` (one kernel per op, no
-    temporaries; in plain DARTS mode the cell sums each node with one ``_WeightedSum``
+    temporaries; in plain DARTS mode the cell sums each node with one ``WeightedSum``
     instead); ``none`` is an exact zero and never evaluated (its alpha still gets its
     gradient through the softmax).
-    * the batch normalisation that ends an op (sep/dil conv, pooling, FactorizedReduce) keeps
-      its output instead of its input (``_BatchNormFromOutput``), so the tensor before it is
-      freed; ``lean_batchnorm = False`` restores plain BatchNorm (needed for second derivatives).
+
+    ``lean_batchnorm`` (on): the batch normalisation that ends an op (sep/dil conv, pooling,
+    FactorizedReduce) keeps its output instead of its input (``BatchNormFromOutput``), so the
+    tensor before it is freed; off: plain BatchNorm (needed for second derivatives).
     """
 
-    #: keep the output, not the input, of an op's final batch normalisation (training mode)
-    lean_batchnorm: bool = True
-
     def __init__(self, channels: int, stride: int, primitives: Sequence[str],
-                 partial_channels: int = 1):
+                 partial_channels: int = 1, *, lean_batchnorm: bool = True):
         super().__init__()
         self.stride = stride
         self.partial_channels = partial_channels
         self.primitives = tuple(primitives)
+        self._lean_batchnorm = bool(lean_batchnorm)
         c = channels // partial_channels
         self._ops = nn.ModuleList()
         for name in primitives:
@@ -342,83 +317,34 @@ class MixedOp(nn.Module):
         # `none` is an exact zero: it is never evaluated (same math, less work).
         self._active = [k for k, name in enumerate(primitives) if name != "none"]
         self._zero_index = next((k for k, name in enumerate(primitives) if name == "none"), None)
+        self._paths: list[_OpPath] = []
+        self._planned_at = -1
+        self.replan()
 
-    def _op_output(self, k: int, x: torch.Tensor, cache: dict) -> torch.Tensor:
-        op = self._ops[k]
-        if isinstance(op, Identity):
-            return x
-        counters = cache.get("counters")
-        split = _activation_tail(op)
-        if split is not None:
-            y = _shared_activation(split[0], x, cache)
-            prev = None
-            last = split[1][-1]
-            for m in split[1]:
-                if type(m) is nn.ReLU and type(prev) is nn.BatchNorm2d:
-                    # BatchNorm's backward reads its input, not its output: rectify in place
-                    # (one activation fewer kept per sep_conv; autograd checks the versions)
-                    y = F.relu(y, inplace=True)
-                elif (m is last and self.lean_batchnorm and type(m) is nn.BatchNorm2d
-                      and m.training and not m.affine):
-                    y = _batch_norm_last(m, y, counters)  # the conv output is not kept
-                elif type(m) is nn.BatchNorm2d:
-                    y = _batch_norm(m, y, counters)
-                else:
-                    y = m(y)
-                prev = m
-            return y
-        if (isinstance(op, FactorizedReduce) and type(op.relu) in _SHAREABLE_ACTIVATIONS
-                and not getattr(op.relu, "inplace", False)):
-            r = _shared_activation(op.relu, x, cache)
-            y = op.convolve(r)
-            if self.lean_batchnorm and op.bn.training and not op.bn.affine:
-                return _batch_norm_last(op.bn, y, counters)
-            return _batch_norm(op.bn, y, counters)
-        pb = _pool_bn(op)
-        if pb is not None:
-            pool, bn = pb
-            track = _tracks(bn)
-            if bn.training or not track:
-                key = ("pool", self.primitives[k], self.stride, bn.eps)
-                y = cache.get(key)
-                if y is None:
-                    p = pool(x)
-                    n = p.numel() // p.shape[1]
-                    stats = None
-                    if self.lean_batchnorm and p.dtype in _LEAN_DTYPES:  # p is not kept
-                        y, *stats = _BatchNormFromOutput.apply(p, None, None, 0.0, bn.eps)
-                    else:
-                        y = F.batch_norm(p, None, None, None, None, True, 0.0, bn.eps)
-                    if bn.training and track:
-                        # the BN modules of this primitive on every edge that reads x (the
-                        # cell lists them in cache["readers"]); each gets its own update
-                        group = [bn]
-                        for other in cache.get("readers", ()):
-                            if other is not self and other.stride == self.stride:
-                                pb2 = _pool_bn(other._ops[k])
-                                if pb2 is not None and pb2[1].training and _tracks(pb2[1]):
-                                    group.append(pb2[1])
-                        with torch.no_grad():
-                            dtype = bn.running_mean.dtype
-                            if stats is not None:  # the kernel's batch mean and 1/std
-                                mean, invstd = stats
-                                var = invstd.double().pow(-2).sub(bn.eps).mul(n / max(n - 1, 1))
-                            else:
-                                var, mean = torch.var_mean(p.detach().to(dtype), dim=(0, 2, 3),
-                                                           correction=1)
-                        _update_running_stats(group, mean.to(dtype), var.to(dtype), counters)
-                    cache[key] = y
-                return y
-        return op(x)
+    @property
+    def lean_batchnorm(self) -> bool:
+        """Whether an op's final BatchNorm keeps its output, not its input (constructor)."""
+        return self._lean_batchnorm
 
-    def _mix(self, x: torch.Tensor, weights: Sequence[torch.Tensor], cache: dict | None = None,
+    def replan(self) -> None:
+        """Decide each op's path anew from the current submodules."""
+        self._paths = [_plan_op(op, k, name, self.stride, self._lean_batchnorm)
+                       for k, (name, op) in enumerate(zip(self.primitives, self._ops))]
+        self._planned_at = _tree_version
+
+    def _op_output(self, k: int, x: torch.Tensor, cache: EdgeInputCache) -> torch.Tensor:
+        """``op_k(x)`` along its planned path."""
+        return self._paths[k](x, cache)
+
+    def _mix(self, x: torch.Tensor, weights: Sequence[torch.Tensor],
+             cache: EdgeInputCache | None = None,
              out: torch.Tensor | None = None) -> torch.Tensor:
         """``out + sum_k weights[k] * op_k(x)`` (``out`` is updated in place when given)."""
         if not self._active:  # only `none`: keep the graph and the output shape
             y = weights[self._zero_index] * self._ops[self._zero_index](x)
             return y if out is None else out.add_(y)
         if cache is None:
-            cache = {}
+            cache = EdgeInputCache()
         for k in self._active:
             y = self._op_output(k, x, cache)
             if out is None:
@@ -428,22 +354,24 @@ class MixedOp(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor],
-                cache: dict | None = None) -> torch.Tensor:
+                cache: EdgeInputCache | None = None) -> torch.Tensor:
         """``weights``: the softmaxed alphas of this edge (one per primitive).
 
-        ``cache``: a dict shared by the edges that read the same ``x`` (see the class doc).
+        ``cache``: shared by the edges that read the same ``x`` (see :class:`EdgeInputCache`).
         """
+        if self._planned_at != _tree_version:
+            self.replan()
         if cache is None:
-            cache = {}
+            cache = EdgeInputCache()
         k = self.partial_channels
         if k == 1:
             return self._mix(x, weights, cache)
         c = x.shape[1] // k
         mixed = self._mix(x[:, :c], weights, cache)
         if self.stride == 2:
-            rest = cache.get("bypass")
+            rest = cache.bypass
             if rest is None:
-                rest = cache["bypass"] = F.max_pool2d(x[:, c:], 2, 2)
+                rest = cache.bypass = F.max_pool2d(x[:, c:], 2, 2)
         else:
             rest = x[:, c:]
         return channel_shuffle(torch.cat([mixed, rest], dim=1), k)
@@ -453,21 +381,21 @@ class SearchCell(nn.Module):
     """A normal or reduction cell of the supernet (original ``model_search.Cell``).
 
     In plain DARTS mode each node's weighted sum over all op outputs of its incoming edges is
-    one ``_WeightedSum`` (``fuse_node_sums``; off: one in-place ``addcmul_`` per term), and the
+    one ``WeightedSum`` (``fuse_node_sums``; off: one in-place ``addcmul_`` per term), and the
     ``num_batches_tracked`` counters of the BatchNorms that ran are incremented together at the
     end of the forward (modules with ``momentum=None`` at once, as their average needs them).
+    ``lean_batchnorm`` goes to every :class:`MixedOp`.
     """
-
-    #: sum each node with one _WeightedSum (plain DARTS mode)
-    fuse_node_sums: bool = True
 
     def __init__(self, steps: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
                  reduction: bool, reduction_prev: bool, primitives: Sequence[str],
-                 partial_channels: int = 1):
+                 partial_channels: int = 1, *, lean_batchnorm: bool = True,
+                 fuse_node_sums: bool = True):
         super().__init__()
         self.reduction = reduction
         self.steps = steps
         self.multiplier = multiplier
+        self._fuse_node_sums = bool(fuse_node_sums)
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(c_prev_prev, c, affine=False)
         else:
@@ -477,16 +405,45 @@ class SearchCell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self._ops.append(MixedOp(c, stride, primitives, partial_channels))
-        # plain DARTS: the node sums go through one _WeightedSum each
-        self._fused = all(m.partial_channels == 1 and m._active for m in self._ops)
+                self._ops.append(MixedOp(c, stride, primitives, partial_channels,
+                                         lean_batchnorm=lean_batchnorm))
+        self._fused = False
+        self._readers: list[list[MixedOp]] = []
+        self._planned_at = -1
+        self._plan_cell()  # the mixed ops planned themselves
+
+    @property
+    def fuse_node_sums(self) -> bool:
+        """Whether plain-DARTS node sums are one ``WeightedSum`` each (constructor)."""
+        return self._fuse_node_sums
+
+    def replan(self) -> None:
+        """Re-plan every mixed op, the readers of each state and the node-sum path."""
+        for mixed in self._ops:
+            mixed.replan()
+        self._plan_cell()
+
+    def _plan_cell(self) -> None:
+        """The readers of each state and the node-sum path, from the current mixed ops."""
+        # plain DARTS: the node sums go through one WeightedSum each
+        self._fused = self._fuse_node_sums and all(m.partial_channels == 1 and m._active
+                                                   for m in self._ops)
         #: per state j, the mixed ops of the edges that read it (every later node)
+        steps = self.steps
         self._readers = [[self._ops[sum(range(2, 2 + i)) + j] for i in range(steps) if j < 2 + i]
                          for j in range(steps + 2)]
+        self._planned_at = _tree_version
 
-    def _fused_node(self, states: list[torch.Tensor], caches: list[dict],
+    def _mark_planned(self) -> None:
+        """Declare the plans current (nothing under this cell was replaced since they were
+        made: the network's own construction registered only modules outside it)."""
+        for mixed in self._ops:
+            mixed._planned_at = _tree_version
+        self._planned_at = _tree_version
+
+    def _fused_node(self, states: list[torch.Tensor], caches: list[EdgeInputCache],
                     weights: torch.Tensor, offset: int) -> torch.Tensor:
-        """Every op output of every incoming edge, summed by one ``_WeightedSum``."""
+        """Every op output of every incoming edge, summed by one ``WeightedSum``."""
         n_ops = weights.shape[1]
         ys, slots = [], []
         for j, h in enumerate(states):
@@ -494,9 +451,9 @@ class SearchCell(nn.Module):
             for k in mixed._active:
                 ys.append(mixed._op_output(k, h, caches[j]))
                 slots.append(j * n_ops + k)
-        return _WeightedSum.apply(weights[offset:offset + len(states)], tuple(slots), *ys)
+        return WeightedSum.apply(weights[offset:offset + len(states)], tuple(slots), *ys)
 
-    def _plain_node(self, states: list[torch.Tensor], caches: list[dict],
+    def _plain_node(self, states: list[torch.Tensor], caches: list[EdgeInputCache],
                     rows: Sequence[torch.Tensor], edge: Sequence[torch.Tensor] | None,
                     offset: int) -> torch.Tensor:
         """The node summed edge by edge (PC-DARTS edge weights, or ``fuse_node_sums`` off)."""
@@ -517,14 +474,14 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         """``weights``: edges x ops (softmaxed); ``edge_weights``: one per edge (PC-DARTS) or None."""
+        if self._planned_at != _tree_version:
+            self.replan()
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        # one cache per state, shared by the edges that read it (ReLU, pooling + BN, bypass);
-        # "readers": the mixed ops of those edges (their pooling BNs are updated together)
-        # "counters": num_batches_tracked of the BatchNorms run in training mode, + 1 at the end
+        # one cache per state, shared by the edges that read it; the BatchNorms run in
+        # training mode put their num_batches_tracked in `counters`, + 1 at the end
         counters: list[torch.Tensor] = []
-        caches: list[dict] = [{"readers": self._readers[j], "counters": counters}
-                              for j in range(2)]
-        fused = self.fuse_node_sums and edge_weights is None and self._fused
+        caches = [EdgeInputCache(self._readers[j], counters) for j in range(2)]
+        fused = self._fused and edge_weights is None
         rows = None if fused else weights.unbind(0)
         edge = edge_weights.unbind(0) if edge_weights is not None else None
         offset = 0
@@ -535,7 +492,7 @@ class SearchCell(nn.Module):
                 s = self._plain_node(states, caches, rows, edge, offset)
             offset += len(states)
             states.append(s)
-            caches.append({"readers": self._readers[len(states) - 1], "counters": counters})
+            caches.append(EdgeInputCache(self._readers[len(states) - 1], counters))
         if counters:
             with torch.no_grad():
                 torch._foreach_add_(counters, 1)
@@ -546,12 +503,17 @@ class SearchNetwork(nn.Module):
     """The DARTS supernet: stem, ``layers`` cells (reductions at layers//3 and 2*layers//3), head.
 
     ``num_outputs`` is the number of classes, or 1 for regression.  ``partial_channels=K > 1``
-    switches on PC-DARTS (``channels`` must be divisible by K).
+    switches on PC-DARTS (``channels`` must be divisible by K).  ``lean_batchnorm`` and
+    ``fuse_node_sums`` are the speed switches of the cells and mixed ops (same math; see the
+    module docstring): ``lean_batchnorm=False`` is needed only to differentiate twice through
+    the network (``create_graph=True``); the DARTS second-order step does not (finite
+    differences).
     """
 
     def __init__(self, in_channels: int, channels: int, num_outputs: int, layers: int,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3,
-                 primitives: Iterable[str] = PRIMITIVES, partial_channels: int = 1):
+                 primitives: Iterable[str] = PRIMITIVES, partial_channels: int = 1, *,
+                 lean_batchnorm: bool = True, fuse_node_sums: bool = True):
         super().__init__()
         primitives = tuple(primitives)
         for name, value in (("in_channels", in_channels), ("channels", channels),
@@ -577,6 +539,8 @@ class SearchNetwork(nn.Module):
         self.multiplier = multiplier
         self.primitives = primitives
         self.partial_channels = partial_channels
+        self._lean_batchnorm = bool(lean_batchnorm)
+        self._fuse_node_sums = bool(fuse_node_sums)
         self.reduction_layers = reduction_layers(layers)
         #: H and W are zero-padded to multiples of this (2 ** number of reduction cells).
         self.size_multiple = 2 ** len(self.reduction_layers)
@@ -591,7 +555,9 @@ class SearchNetwork(nn.Module):
             if reduction:
                 c_curr *= 2
             self.cells.append(SearchCell(steps, multiplier, c_pp, c_p, c_curr, reduction,
-                                         reduction_prev, primitives, partial_channels))
+                                         reduction_prev, primitives, partial_channels,
+                                         lean_batchnorm=lean_batchnorm,
+                                         fuse_node_sums=fuse_node_sums))
             reduction_prev = reduction
             c_pp, c_p = c_p, multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -606,6 +572,24 @@ class SearchNetwork(nn.Module):
         else:
             self.betas_normal = None
             self.betas_reduce = None
+        for cell in self.cells:  # registrations after the cells were built: none inside them
+            cell._mark_planned()
+
+    @property
+    def lean_batchnorm(self) -> bool:
+        """Whether the ops' final BatchNorms keep their output, not their input (constructor)."""
+        return self._lean_batchnorm
+
+    @property
+    def fuse_node_sums(self) -> bool:
+        """Whether plain-DARTS node sums are one graph node each (constructor)."""
+        return self._fuse_node_sums
+
+    def replan(self) -> None:
+        """Decide every op's path anew (automatic after a submodule assignment; needed by hand
+        only after changing a submodule's settings in place)."""
+        for cell in self.cells:
+            cell.replan()
 
     # -- parameters ------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -645,10 +629,8 @@ class SearchNetwork(nn.Module):
         en, er = self._edge_mixing_weights()
         return en.detach().clone(), er.detach().clone()
 
-    def genotype(self):
+    def genotype(self) -> Genotype:
         """The genotype by the original DARTS rule (PC-DARTS: on softmax(alphas) * edge weights)."""
-        from nas_core.genotypes import derive_genotype  # lazy: keeps this module importable alone
-
         (wn, wr), (en, er) = self.arch_weights(), self.edge_weights()
         return derive_genotype((wn * en[:, None]).cpu(), (wr * er[:, None]).cpu(),
                                primitives=self.primitives, steps=self.steps,

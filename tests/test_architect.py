@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from darts_shared import load_reference
 from nas_core.architect import Architect, frozen_batchnorm_stats, search_step
-from nas_core.model_search import MixedOp, SearchNetwork
+from nas_core.model_search import SearchNetwork
 
 
 def batches(n: int, in_channels: int = 3, classes: int = 3, size: int = 8, seed: int = 1):
@@ -29,7 +29,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 SMOOTH_PRIMITIVES = ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 
 
-def smooth_network() -> SearchNetwork:
+def smooth_network(lean_batchnorm: bool = True) -> SearchNetwork:
     """A tiny float64 supernet without kinks (ReLU -> Softplus, no max pooling).
 
     With ReLU / max pooling a tiny network has kinks within the finite-difference radius
@@ -37,7 +37,8 @@ def smooth_network() -> SearchNetwork:
     the jump, not the Hessian.  The architect's math is what is tested here, so the network is
     made smooth; agreement on the real primitives is checked against the reference below.
     """
-    model = SearchNetwork(1, 4, 3, 3, steps=2, multiplier=2, primitives=SMOOTH_PRIMITIVES)
+    model = SearchNetwork(1, 4, 3, 3, steps=2, multiplier=2, primitives=SMOOTH_PRIMITIVES,
+                          lean_batchnorm=lean_batchnorm)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.ReLU):
@@ -46,12 +47,11 @@ def smooth_network() -> SearchNetwork:
     return model.double()
 
 
-def test_second_order_matches_exact_hessian_vector_product(monkeypatch) -> None:
+def test_second_order_matches_exact_hessian_vector_product() -> None:
     # the exact Hessian-vector product differentiates twice: plain BatchNorm (the lean one is
     # once differentiable by design and refuses)
-    monkeypatch.setattr(MixedOp, "lean_batchnorm", False)
     torch.manual_seed(0)
-    model = smooth_network()
+    model = smooth_network(lean_batchnorm=False)
     lr, momentum, wd = 0.1, 0.9, 3e-4
     w_opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=momentum, weight_decay=wd)
     (xt, yt), (xv, yv), (x0, y0) = [(x.double(), y) for x, y in batches(3, in_channels=1)]

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from darts_shared import read_layout, state_dict_layout
-from nas_core.model_search import SearchNetwork, channel_shuffle, pad_to_multiple
+from nas_core.model_search import SearchNetwork, channel_shuffle
+from nas_core.network_parts import pad_to_multiple
 
 
 def tiny(in_channels: int, **kw) -> SearchNetwork:
@@ -266,3 +267,40 @@ def test_custom_primitives_and_layout() -> None:
     assert "cells.0._ops.4._ops.2.op.1.weight" in keys
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 2)
     assert math.isclose(float(model.arch_weights()[0].sum()), 5.0, rel_tol=1e-6)
+
+
+# -- speed switches and op plans ----------------------------------------------------------------
+def test_speed_switches_are_constructor_arguments() -> None:
+    """``lean_batchnorm`` / ``fuse_node_sums`` reach every cell and mixed op, are read-only
+    afterwards, and change nothing in the math."""
+    torch.manual_seed(0)
+    fast = tiny(1).double()
+    plain = tiny(1, lean_batchnorm=False, fuse_node_sums=False).double()
+    plain.load_state_dict(fast.state_dict())
+    assert fast.lean_batchnorm and fast.fuse_node_sums
+    assert not plain.lean_batchnorm and not plain.fuse_node_sums
+    assert all(not cell.fuse_node_sums for cell in plain.cells)
+    assert all(not mixed.lean_batchnorm for cell in plain.cells for mixed in cell._ops)
+    with pytest.raises(AttributeError):
+        plain.lean_batchnorm = True
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    y_fast, y_plain = fast(x), plain(x)
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-12, atol=1e-12)
+    g_fast = torch.autograd.grad(y_fast.square().sum(), list(fast.parameters()))
+    g_plain = torch.autograd.grad(y_plain.square().sum(), list(plain.parameters()))
+    for a, b in zip(g_fast, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_submodule_replaced_after_construction_is_used() -> None:
+    """The op plans follow a submodule assigned after construction (and after a forward)."""
+    torch.manual_seed(0)
+    model = tiny(1)
+    mixed = model.cells[0]._ops[3]
+    x = torch.randn(2, 4, 8, 8)
+    w = F.softmax(torch.randn(8), -1)
+    mixed(x, w.unbind(0))
+    mixed._ops[4].op[0] = torch.nn.Softplus()  # sep_conv_3x3's leading ReLU
+    mixed._ops[1][0] = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)  # max_pool_3x3
+    expected = sum(wk * op(x) for wk, op in zip(w, mixed._ops))
+    torch.testing.assert_close(mixed(x, w.unbind(0)), expected)

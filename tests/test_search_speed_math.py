@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from darts_shared import load_reference
 import nas_core.model_search as ms
 from nas_core.architect import Architect, search_step
-from nas_core.model_search import MixedOp, SearchNetwork
+from nas_core.model_search import EdgeInputCache, SearchNetwork
+from nas_core.search_kernels import WeightedSum, batch_norm_last
 
 LR, MOMENTUM, WD = 0.025, 0.9, 3e-4
 
@@ -215,10 +216,11 @@ def test_first_order_bn_statistics_and_eval_output_match_reference() -> None:
 
 # -- sharing between edges changes nothing ------------------------------------------------------
 def _no_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every op on a fresh cache (nothing shared); the network is built with
+    ``fuse_node_sums=False`` (edges summed one by one)."""
     original = ms.MixedOp._op_output
-    monkeypatch.setattr(ms.SearchCell, "fuse_node_sums", False)
     monkeypatch.setattr(ms.MixedOp, "_op_output",
-                        lambda self, k, x, cache: original(self, k, x, {}))
+                        lambda self, k, x, cache: original(self, k, x, EdgeInputCache()))
     monkeypatch.setattr(ms.MixedOp, "forward",
                         lambda self, x, w, cache=None: _plain_forward(self, x, w))
 
@@ -245,7 +247,7 @@ def _plain_forward(mixed, x, weights):
 def test_shared_work_equals_every_edge_alone(kw: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     fast = SearchNetwork(1, 8, 3, 3, steps=3, multiplier=3, **kw)
-    slow = SearchNetwork(1, 8, 3, 3, steps=3, multiplier=3, **kw)
+    slow = SearchNetwork(1, 8, 3, 3, steps=3, multiplier=3, fuse_node_sums=False, **kw)
     slow.load_state_dict(fast.state_dict())
     with torch.no_grad():  # BN modules of the same node with different statistics
         for m in fast.modules():
@@ -336,8 +338,6 @@ def test_cuda_bf16_autocast_gradients_close_to_fp32_reference() -> None:
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 def test_lean_batchnorm_equals_batchnorm(channels_last: bool) -> None:
     """Output, input gradient and running statistics as nn.BatchNorm2d(affine=False)."""
-    from nas_core.model_search import _batch_norm_last
-
     torch.manual_seed(0)
     for shape in [(4, 8, 16, 16), (2, 4, 4, 4)]:
         x = torch.randn(*shape, dtype=torch.float64) * 3 + 1
@@ -347,7 +347,7 @@ def test_lean_batchnorm_equals_batchnorm(channels_last: bool) -> None:
         plain = torch.nn.BatchNorm2d(shape[1], affine=False).double()
         lean = torch.nn.BatchNorm2d(shape[1], affine=False).double()
         x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y1, y2 = plain(x1), _batch_norm_last(lean, x2)
+        y1, y2 = plain(x1), batch_norm_last(lean, x2)
         torch.testing.assert_close(y2, y1, rtol=0, atol=1e-12)
         (g1,), (g2,) = torch.autograd.grad(y1, x1, dy), torch.autograd.grad(y2, x2, dy)
         torch.testing.assert_close(g2, g1, rtol=1e-10, atol=1e-12)
@@ -355,21 +355,22 @@ def test_lean_batchnorm_equals_batchnorm(channels_last: bool) -> None:
             torch.testing.assert_close(getattr(lean, name), getattr(plain, name))
 
 
-def test_lean_batchnorm_refuses_second_derivatives(monkeypatch) -> None:
+def test_lean_batchnorm_refuses_second_derivatives() -> None:
     torch.manual_seed(0)
     model = SearchNetwork(3, 4, 5, 3)
     x, y = batches(1, shape=(3, 8, 8), batch=4)[0]
 
-    def hessian_term():
+    def hessian_term(model):
         g = torch.autograd.grad(F.cross_entropy(model(x), y), model.weight_parameters(),
                                 create_graph=True, allow_unused=True)
         return torch.autograd.grad(sum(t.square().sum() for t in g if t is not None),
                                    model.arch_parameters())
 
     with pytest.raises(RuntimeError, match="cannot differentiate twice"):
-        hessian_term()  # silently wrong second derivatives are impossible
-    monkeypatch.setattr(MixedOp, "lean_batchnorm", False)
-    assert all(torch.isfinite(t).all() for t in hessian_term())
+        hessian_term(model)  # silently wrong second derivatives are impossible
+    plain = SearchNetwork(3, 4, 5, 3, lean_batchnorm=False)  # the same network, plain BatchNorm
+    plain.load_state_dict(model.state_dict())
+    assert all(torch.isfinite(t).all() for t in hessian_term(plain))
 
 
 # -- one graph node per node sum ---------------------------------------------------------------
@@ -389,7 +390,7 @@ def test_weighted_sum_equals_sum_of_products(channels_last: bool) -> None:
     def loss(out: torch.Tensor) -> torch.Tensor:
         return (torch.cat([out, other], dim=1) * probe).sum()
 
-    fused = ms._WeightedSum.apply(w, slots, *ys)
+    fused = WeightedSum.apply(w, slots, *ys)
     plain = sum(w.reshape(-1)[s] * y for s, y in zip(slots, ys))
     torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-14)
     g_fused = torch.autograd.grad(loss(fused), [w, *ys])
@@ -398,5 +399,5 @@ def test_weighted_sum_equals_sum_of_products(channels_last: bool) -> None:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert g_fused[0].reshape(-1)[[2, 4, 7]].eq(0).all()
     small = [y[:2, :2, :3, :3].detach().clone().requires_grad_() for y in ys]
-    assert torch.autograd.gradgradcheck(lambda w_, *ys_: ms._WeightedSum.apply(w_, slots, *ys_),
+    assert torch.autograd.gradgradcheck(lambda w_, *ys_: WeightedSum.apply(w_, slots, *ys_),
                                         (w, *small))

@@ -1,0 +1,246 @@
+"""Custom autograd kernels of the DARTS supernet (``nas_core.model_search``).
+
+Each computes exactly what plain PyTorch modules compute (same values, same gradients, same
+BatchNorm running statistics) with fewer kernels, fewer saved tensors or fewer graph nodes:
+
+* :class:`BatchNormFromOutput` / :func:`batch_norm_last`: a BatchNorm without affine parameters
+  whose backward reads its output instead of its input, so the op's tensor before it is freed
+  (once differentiable: a second derivative raises);
+* :func:`batch_norm`: a training-mode ``BatchNorm2d`` as one ``F.batch_norm`` call, its
+  ``num_batches_tracked`` increment deferred to the caller (``counters``);
+* :func:`shared_batch_norm`: one batch normalisation (no affine) of a tensor that several
+  BatchNorm modules normalise alike, each module's running statistics updated as its own
+  forward would (:func:`update_running_stats`);
+* :class:`WeightedSum`: ``sum_i w[slot_i] * y_i`` over every op output that enters one node, as
+  one graph node.
+
+``counters``: a list that collects the ``num_batches_tracked`` tensors of the BatchNorms that
+ran; the caller adds 1 to all of them at once (``torch._foreach_add_``) after the forward.
+``None``: each counter is incremented at once.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["LEAN_DTYPES", "tracks_running_stats", "batch_norm_factor", "update_running_stats",
+           "BatchNormFromOutput", "batch_norm", "batch_norm_last", "shared_batch_norm",
+           "WeightedSum"]
+
+#: dtypes of the lean BatchNorm; reduced precision (bf16/fp16 under autocast) takes the plain path
+LEAN_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+
+
+def tracks_running_stats(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` keeps running statistics (``track_running_stats`` and buffers present)."""
+    return bn.track_running_stats and bn.running_mean is not None
+
+
+def batch_norm_factor(bn: nn.BatchNorm2d, counters: list[torch.Tensor] | None) -> float:
+    """The running-average factor of a train-mode forward of ``bn``, counting the batch: its
+    momentum (the counter goes to ``counters`` when given, else is incremented now), or
+    ``1 / num_batches_tracked`` after the increment when the momentum is None (as the module)."""
+    if bn.num_batches_tracked is not None:
+        if bn.momentum is not None and counters is not None:
+            counters.append(bn.num_batches_tracked)
+        else:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+    if bn.momentum is None:
+        return 1.0 / float(bn.num_batches_tracked)
+    return bn.momentum
+
+
+@torch.no_grad()
+def update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
+                         var: torch.Tensor, counters: list[torch.Tensor] | None = None) -> None:
+    """Update each module's running statistics as its own train-mode forward would, from the
+    batch ``mean`` and unbiased ``var`` (factor and counter: :func:`batch_norm_factor`).
+    Modules with the same factor are updated together (``_foreach`` kernels)."""
+    by_factor: dict[float, list[nn.BatchNorm2d]] = {}
+    for bn in bns:
+        by_factor.setdefault(float(batch_norm_factor(bn, counters)), []).append(bn)
+    for factor, group in by_factor.items():
+        means = [bn.running_mean for bn in group]
+        variances = [bn.running_var for bn in group]
+        torch._foreach_mul_(means, 1.0 - factor)
+        torch._foreach_add_(means, [mean] * len(group), alpha=factor)
+        torch._foreach_mul_(variances, 1.0 - factor)
+        torch._foreach_add_(variances, [var] * len(group), alpha=factor)
+
+
+#: (channels, dtype, device) -> (zeros, ones): constants of the lean BatchNorm's backward
+_ZERO_ONE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _zero_one(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached ``(zeros_like(like), ones_like(like))`` for a 1-D per-channel tensor."""
+    key = (like.shape[0], like.dtype, like.device)
+    pair = _ZERO_ONE.get(key)
+    if pair is None:
+        pair = _ZERO_ONE[key] = (torch.zeros_like(like), torch.ones_like(like))
+    return pair
+
+
+class BatchNormFromOutput(torch.autograd.Function):
+    """Batch-statistics normalisation without affine parameters whose backward reads only its
+    output ``y`` and ``invstd`` (``dx = invstd * (dy - mean(dy) - y * mean(dy * y))``), so its
+    input need not be kept: the weighted sum keeps ``y`` anyway.  Forward and backward are
+    ATen's own batch-norm kernels; the forward also updates the running statistics when they
+    are given (in the same kernel, as ``F.batch_norm``), and returns the batch mean and
+    ``invstd`` too (not differentiable).  Once differentiable (a second derivative raises):
+    code that needs second derivatives through the supernet (``create_graph=True``) builds it
+    with ``SearchNetwork(..., lean_batchnorm=False)``.
+
+    ``apply(x, running_mean, running_var, momentum, eps) -> (y, mean, invstd)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, running_mean: torch.Tensor | None,  # type: ignore[override]
+                running_var: torch.Tensor | None, momentum: float, eps: float):
+        y, mean, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var,
+                                                  True, momentum, eps)
+        ctx.save_for_backward(y, invstd)
+        ctx.mark_non_differentiable(mean, invstd)
+        ctx.set_materialize_grads(False)
+        return y, mean, invstd
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor | None, _dmean, _dinvstd):  # type: ignore[override]
+        if dy is None:
+            return None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: x is not kept, so refuse loudly
+            raise RuntimeError(
+                "nas_core.search_kernels: cannot differentiate twice through the lean batch "
+                "normalisation of the supernet; build it with "
+                "SearchNetwork(..., lean_batchnorm=False) first")
+        y, invstd = ctx.saved_tensors
+        # ATen's fused kernel on x_hat = y (mean 0, invstd 1) with invstd as the affine weight:
+        # (dy - mean(dy) - y * mean(dy * y)) * invstd, accumulated as ATen does
+        zero, one = _zero_one(invstd)
+        dx = torch.ops.aten.native_batch_norm_backward(
+            dy, y, invstd, None, None, zero, one, True, 0.0, [True, False, False])[0]
+        return dx, None, None, None, None
+
+
+def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor,
+               counters: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """``bn(x)``; for a training-mode BatchNorm that tracks statistics one ``F.batch_norm``
+    kernel (its counter goes to ``counters`` when given, see :func:`batch_norm_factor`)."""
+    if not (bn.training and tracks_running_stats(bn)):
+        return bn(x)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True,
+                        batch_norm_factor(bn, counters), bn.eps)
+
+
+def batch_norm_last(bn: nn.BatchNorm2d, x: torch.Tensor,
+                    counters: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """``bn(x)`` for a training-mode ``BatchNorm2d(affine=False)`` whose output feeds only the
+    weighted sum: same values and running-statistics update, without keeping ``x``.  Reduced
+    precision (bf16/fp16 under autocast) takes the plain path: checked in float32/64 only."""
+    if x.dtype not in LEAN_DTYPES:
+        return batch_norm(bn, x, counters)
+    if not tracks_running_stats(bn):
+        return BatchNormFromOutput.apply(x, None, None, 0.0, bn.eps)[0]
+    return BatchNormFromOutput.apply(x, bn.running_mean, bn.running_var,
+                                     batch_norm_factor(bn, counters), bn.eps)[0]
+
+
+def shared_batch_norm(p: torch.Tensor, eps: float, bns: Sequence[nn.BatchNorm2d], lean: bool,
+                      counters: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Batch-statistics normalisation of ``p`` without affine parameters (``eps``), as every
+    training-mode ``BatchNorm2d(affine=False, eps=eps)`` in ``bns`` computes it; each of them
+    gets its own running-statistics update (own momentum and counter) from the batch mean and
+    unbiased variance.  ``bns`` may be empty (eval mode without running statistics).
+
+    ``lean``: :class:`BatchNormFromOutput` (``p`` is not kept) in float32/64."""
+    n = p.numel() // p.shape[1]
+    stats = None
+    if lean and p.dtype in LEAN_DTYPES:  # p is not kept
+        y, *stats = BatchNormFromOutput.apply(p, None, None, 0.0, eps)
+    else:
+        y = F.batch_norm(p, None, None, None, None, True, 0.0, eps)
+    if bns:
+        with torch.no_grad():
+            dtype = bns[0].running_mean.dtype
+            if stats is not None:  # the kernel's batch mean and 1/std
+                mean, invstd = stats
+                var = invstd.double().pow(-2).sub(eps).mul(n / max(n - 1, 1))
+            else:
+                var, mean = torch.var_mean(p.detach().to(dtype), dim=(0, 2, 3), correction=1)
+        update_running_stats(bns, mean.to(dtype), var.to(dtype), counters)
+    return y
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of a dense tensor in memory order (contiguous or channels_last), else None."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t.as_strided((t.numel(),), (1,))
+    return None
+
+
+def _dot(a: torch.Tensor, flat_a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum()``; one kernel and no temporary when ``a`` (flattened: ``flat_a``) and
+    ``b`` have the same dense layout."""
+    if (flat_a is not None and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride()):
+        flat_b = _flat(b)
+        if flat_b is not None:
+            return torch.dot(flat_a, flat_b)
+    return (a * b).sum()
+
+
+class WeightedSum(torch.autograd.Function):
+    """``sum_i w.flatten()[slots[i]] * ys[i]`` over the op outputs of every edge entering one
+    node (``w``: those edges' rows of softmax(alpha)).  One graph node instead of one
+    ``addcmul`` per term: the forward accumulates in place; the backward is ``grad * w`` per
+    output and one dot product per weight (autograd's ``addcmul`` backward would spend four
+    multiplications and a sum, with temporaries, per term).  Twice differentiable.
+
+    ``apply(w, slots, *ys) -> out``.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, slots: tuple[int, ...],  # type: ignore[override]
+                *ys: torch.Tensor) -> torch.Tensor:
+        ws = w.reshape(-1).unbind(0)
+        out = ys[0] * ws[slots[0]]
+        for slot, y in zip(slots[1:], ys[1:]):
+            out.addcmul_(ws[slot], y)
+        ctx.slots = slots
+        ctx.save_for_backward(w, *ys)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        w, *ys = ctx.saved_tensors
+        slots = ctx.slots
+        # the cell's concatenation hands a strided slice: one copy in the outputs' layout lets
+        # every dot product below read both operands as flat vectors
+        fmt = (torch.channels_last if grad.dim() == 4 and not ys[0].is_contiguous()
+               and ys[0].is_contiguous(memory_format=torch.channels_last)
+               else torch.contiguous_format)
+        grad = grad.contiguous(memory_format=fmt)
+        grad_ys: list[torch.Tensor | None] = [None] * len(ys)
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            dots: list[torch.Tensor | None] = [None] * w.numel()
+            flat = _flat(grad)
+            for slot, y in zip(slots, ys):
+                dots[slot] = _dot(grad, flat, y)
+            zero = None
+            for i, d in enumerate(dots):  # `none` ops and absent terms: exactly zero
+                if d is None:
+                    if zero is None:
+                        zero = grad.new_zeros(())
+                    dots[i] = zero
+            grad_w = torch.stack(dots).to(w.dtype).view(w.shape)
+        ws = w.reshape(-1).unbind(0)
+        for i, (slot, y) in enumerate(zip(slots, ys)):
+            if ctx.needs_input_grad[2 + i]:
+                grad_ys[i] = grad * ws[slot].to(grad.dtype)
+        return (grad_w, None, *grad_ys)
