@@ -25,4 +25,7 @@ echo "== benchmark, gpu preset"
 timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/search_step.py --preset gpu --reference "$REF" \
     --steps ${STEPS:-5} --warmup 2 --no-partial --largest-batch ${BATCHES:-64,256,512,1024} \
     --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.txt"
+echo "== data-parallel training (NCCL), 1..all visible GPUs"
+timeout ${SCALE_TIMEOUT:-120} $PY benchmarks/train_scaling.py --preset gpu --steps 5 --warmup 2 \
+    2>&1 | tee "$OUT/train_scaling.txt"
 echo "== done"
