@@ -9,6 +9,7 @@ running a model over a dataset in eval mode (:meth:`Runtime.outputs`, :func:`eva
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -61,6 +62,9 @@ class Runtime:
         ranks = (f"{self.world.size} processes ({'NCCL' if self.device.type == 'cuda' else 'gloo'}"
                  f"), " if self.world.size > 1 else "")
         device = f"{self.device.type} x{self.world.size}" if self.world.size > 1 else self.device
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if self.device.type == "cuda" and visible:  # the machine's ids of this job's GPUs
+            device = f"{device} (GPU {visible})"
         return (f"{device}, {ranks}amp {amp}, channels_last "
                 f"{'on' if self.channels_last else 'off'}, {self.threads} threads"
                 f"{' per process' if self.world.size > 1 else ''}, {self.num_workers} loader "
