@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,9 +21,9 @@ import yaml
 from datafiles import write_netcdf
 from nas_core import errors
 from nas_core.jobs import error_line, failed_job_errors
+from test_workflow import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
 
 
 def run_py(code: str, *args: str, cwd: Path, fsize: int | None = None,
@@ -112,17 +111,6 @@ def test_failed_job_errors_reads_snakemakes_log(tmp_path):
 
 
 # -- the workflow ---------------------------------------------------------------------------------
-def copy_workflow(dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / name)
-    return dst
-
-
 def snakemake(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m snakemake`` with stdout and stderr interleaved as on a console."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}
