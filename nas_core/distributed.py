@@ -147,10 +147,10 @@ def current_world() -> World:
 
 
 def slurm_env() -> dict[str, Any] | None:
-    """Rank, size, local rank and rendezvous of a Slurm step with several tasks (``srun``), or
-    None outside one.  The master is the step's first node; the port follows from the job id."""
-    try:
-        size = int(os.environ["SLURM_NTASKS"])
+    """Rank, size, local rank and rendezvous of a Slurm step with several tasks (``srun``;
+    ``SLURM_STEP_NUM_TASKS`` > 1), or None outside one.  The master is the step's first node; the port follows from the job id."""
+    try:  # a step's own task count: a batch script outside srun sees SLURM_NTASKS only
+        size = int(os.environ["SLURM_STEP_NUM_TASKS"])
         rank = int(os.environ["SLURM_PROCID"])
     except (KeyError, ValueError):
         return None
@@ -179,8 +179,8 @@ def _first_host(nodelist: str) -> str | None:
 def init_process_group(rank: int, size: int, init_method: str, local_rank: int) -> World:
     """Join the group: NCCL with ``cuda:local_rank`` when CUDA is available, gloo otherwise."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+    if backend == "nccl":  # Slurm may give each task only its own GPU
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size)
     os.environ["LOCAL_RANK"] = str(local_rank)
     return World(rank=rank, size=size, local_rank=local_rank)
@@ -257,6 +257,8 @@ def data_parallel(fn: Callable) -> Callable:
         env = slurm_env()
         if env is not None:
             init_process_group(env["rank"], env["size"], env["init_method"], env["local_rank"])
+            if env["rank"]:  # rank 0 speaks for the run
+                logging.getLogger("nas_core").setLevel(logging.WARNING)
             try:
                 result = fn(*args, **kwargs)
                 dist.barrier()

@@ -48,7 +48,7 @@ class Runtime:
         world = current_world()
         dev = resolve_device(device)
         if world.size > 1 and dev.type == "cuda":  # one device per rank
-            dev = torch.device("cuda", world.local_rank)
+            dev = torch.device("cuda", world.local_rank % torch.cuda.device_count())
         amp_dtype = resolve_amp(cfg["amp"], dev)
         layout = cfg.get("channels_last", "auto") if channels_last is None else channels_last
         return cls(device=dev, amp_dtype=amp_dtype,
