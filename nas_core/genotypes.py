@@ -472,6 +472,14 @@ CHEST_XRAY_20191206_UNNAMED = Genotype(
     reduce_concat=(2, 3, 4, 5),
 )
 
+#: The fork's ``CHEST_XRAY``: the cell of the chest X-ray search logged on 2019-12-04 ("best
+#: discovered architecture for ChestXRay 2019-12-04", epoch 4), named so in the fork's
+#: genotypes.py from 2019-12-04 and used to train its chest-xray runs 1-3 (their genotype.arch).
+#: On 2019-12-06 the fork renamed it CHEST_XRAY_V1 (hence equal to it).  The fork's earlier
+#: ``CHEST_XRAY = DARTS_V2`` (2019-12-03) was a placeholder before any chest X-ray search: not
+#: this name's meaning here (DARTS_V2 keeps its own name).
+CHEST_XRAY = CHEST_XRAY_V1
+
 _PUBLISHED: dict[str, Genotype] = {
     "NASNet": NASNet,
     "AmoebaNet": AmoebaNet,
@@ -482,6 +490,7 @@ _PUBLISHED: dict[str, Genotype] = {
     "FASHION_MNIST": FASHION_MNIST,
     "GRAPHENE": GRAPHENE,
     "GALAXY_ZOO": GALAXY_ZOO,
+    "CHEST_XRAY": CHEST_XRAY,
     "CHEST_XRAY_V1": CHEST_XRAY_V1,
     "CHEST_XRAY_20191206_UNNAMED": CHEST_XRAY_20191206_UNNAMED,
 }

@@ -41,6 +41,10 @@ _METRIC = re.compile(
     rf"^(train_acc|valid_acc|test_acc)(?: \(R\^2 for regression\))? ({_FLOAT})\s*$")
 _STEP = re.compile(rf"^(train|valid|test) (\d+) ({_FLOAT})(?: ({_FLOAT}))*\s*$")
 _PARAM = re.compile(rf"^param size = ({_FLOAT})MB\s*$")
+#: The fork's later epoch summaries (Nov 2019 on): ``training loss; R2: 1.78e-01 -220.8`` and
+#: ``validation loss; accuracy: 2.3e-01 91.2`` (the epoch's mean loss, then the metric).
+_SUMMARY = re.compile(
+    rf"^(training|validation) loss; ([^:]+): ({_FLOAT}) ({_FLOAT})\s*$")
 _ALPHA_HEAD = re.compile(r"^alphas_(normal|reduce) = (.*)$", re.S)
 _TORCH_SIZE = re.compile(r"^\[torch\.\S*Tensor of size (\d+)x(\d+).*\]$")
 
@@ -52,7 +56,9 @@ class SearchLog:
     ``metrics[epoch]`` has ``lr``, ``train_acc``, ``valid_acc`` (percent, or R^2 in the fork's
     regression runs: the fork labels both ``... (R^2 for regression)``) and ``train_loss`` /
     ``valid_loss``: the running average on the last step line logged before the accuracy line
-    (report_freq granularity, not the exact epoch mean).
+    (report_freq granularity, not the exact epoch mean).  The fork's later logs summarise each
+    epoch as ``training loss; R2: <loss> <metric>`` / ``validation loss; accuracy: ...``: there
+    both values are the epoch's own and are read as such.
     """
 
     path: Path
@@ -186,6 +192,15 @@ def _parse(path: str | os.PathLike) -> dict[str, Any]:
                 raise LegacyFormatError(f"{where}: {exc}") from None
         elif m := _STEP.match(head):
             last_loss = float(m.group(3))
+        elif m := _SUMMARY.match(head):
+            part = "train" if m.group(1) == "training" else "valid"
+            if epoch is None:
+                raise LegacyFormatError(f"{where}: {m.group(1)} loss logged before any "
+                                        f"'epoch N lr' line")
+            row = out["metrics"][epoch]
+            row[f"{part}_loss"] = float(m.group(3))
+            row[f"{part}_acc"] = float(m.group(4))
+            last_loss = None
         elif m := _METRIC.match(head):
             name, value = m.group(1), float(m.group(2))
             if name == "test_acc":

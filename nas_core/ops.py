@@ -184,11 +184,27 @@ class MaxPool2x2(nn.Module):
         return F.max_pool2d(x, 2, self.stride)
 
 
+class AvgPool2x2(nn.AvgPool2d):
+    """The 2019 fork's ``avg_pool_2x2``: 2x2 average pooling that keeps the size at stride 1
+    (zero row and column added right/bottom, counted in the average, as the fork's
+    ``ZeroPad2d((0, 1, 0, 1))``) and halves it at stride 2.  An ``nn.AvgPool2d``, so the search
+    network pools and normalises it like the other pools."""
+
+    def __init__(self, stride: int):
+        super().__init__(2, stride=stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x = F.pad(x, (0, 1, 0, 1))
+        return super().forward(x)
+
+
 register_op("none")(lambda c, stride, affine: Zero(stride))
 register_op("avg_pool_3x3")(
     lambda c, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False))
 register_op("max_pool_3x3")(lambda c, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1))
 register_op("max_pool_2x2")(lambda c, stride, affine: MaxPool2x2(stride))
+register_op("avg_pool_2x2")(lambda c, stride, affine: AvgPool2x2(stride))
 register_op("skip_connect")(
     lambda c, stride, affine: Identity() if stride == 1 else FactorizedReduce(c, c, affine))
 register_op("sep_conv_3x3")(lambda c, stride, affine: SepConv(c, c, 3, stride, 1, affine))

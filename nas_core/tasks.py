@@ -78,8 +78,10 @@ class Task:
     def meter(self) -> Meter:
         return Meter(self)
 
-    def test_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """The test split's metrics from every output (CPU, float32) and target."""
+    def test_metrics(self, outputs: torch.Tensor, targets: torch.Tensor,
+                     class_names: list[str] | None = None) -> dict[str, Any]:
+        """The test split's metrics from every output (CPU, float32) and target;
+        ``class_names`` (classification) names the classes in the per-class results."""
         raise NotImplementedError
 
     def better(self, value: float | None, best: float | None) -> bool:
@@ -107,9 +109,10 @@ class Classification(Task):
     def score(self, sums):
         return 100.0 * sums["correct"] / sums["n"]
 
-    def test_metrics(self, outputs, targets):
+    def test_metrics(self, outputs, targets, class_names=None):
         """``top1``, ``top5`` (top-k with k = min(5, classes)), ``loss`` (mean cross entropy),
-        ``per_class_accuracy`` (percent per class index; None for a class without samples)."""
+        ``per_class_accuracy`` (percent per class index; None for a class without samples);
+        with ``class_names`` also ``per_class_accuracy_by_name`` ({name: percent or None})."""
         n = int(targets.shape[0])
         classes = outputs.shape[1]
         k = min(5, classes)
@@ -120,12 +123,18 @@ class Classification(Task):
             mask = targets == cls
             count = int(mask.sum())
             per_class.append(100.0 * int((pred[mask] == cls).sum()) / count if count else None)
-        return {
+        metrics: dict[str, Any] = {
             "top1": 100.0 * int(correct[:, 0].sum()) / n,
             "top5": 100.0 * int(correct.any(dim=1).sum()) / n,
             "loss": float(F.cross_entropy(outputs, targets, reduction="sum")) / n,
             "per_class_accuracy": per_class,
         }
+        if class_names is not None:
+            if len(class_names) != classes:
+                raise ValueError(f"{len(class_names)} class names for {classes} outputs")
+            metrics["per_class_accuracy_by_name"] = {
+                str(name): acc for name, acc in zip(class_names, per_class)}
+        return metrics
 
 
 class Regression(Task):
@@ -151,7 +160,7 @@ class Regression(Task):
         sst = sums["syy"] - sums["sy"] * sums["sy"] / n
         return 1.0 - sums["sse"] / sst if sst > 0 else None
 
-    def test_metrics(self, outputs, targets):
+    def test_metrics(self, outputs, targets, class_names=None):
         """``r2`` over the whole split, ``mse``, ``mae``, ``loss`` (mean MSE)."""
         n = int(targets.shape[0])
         p = outputs.squeeze(-1).double()

@@ -6,6 +6,9 @@
   files where torchvision's MNIST / FashionMNIST look for them (``root/{name}/{Class}/raw/``).
 * ``write_cifar_batches(root, n_per_batch, n_test)``: CIFAR-10 python pickle batches in
   ``root/cifar-10/cifar-10-batches-py/``.
+* ``draw_shapes(n, size, channels, seed)``: images of three kinds of drawn shapes (circle,
+  square, triangle) with their labels; ``write_image_folder(root, ...)``: the same as PNG files
+  in ``root/<class>/`` or ``root/{train,test}/<class>/`` (torchvision's ``ImageFolder`` layout).
 """
 
 from __future__ import annotations
@@ -136,4 +139,62 @@ def write_cifar_batches(root: str | Path, n_per_batch: int = 4, n_test: int = 6,
             "num_vis": 3072}
     with open(base / "batches.meta", "wb") as f:
         pickle.dump(meta, f, protocol=2)
+    return out
+
+
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_shapes(n: int, size: int = 16, channels: int = 1, seed: int = 0,
+                ) -> tuple[np.ndarray, list[str]]:
+    """``(images n x size x size x channels uint8, labels)``: one filled shape per image (a
+    circle, a square or a triangle, in turn) of random size, place and colour on a noisy dark
+    background, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.RandomState(seed)
+    images, labels = [], []
+    for i in range(n):
+        kind = SHAPES[i % 3]
+        img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.randint(0, 60, 3)))
+        draw = ImageDraw.Draw(img)
+        r = rng.uniform(0.25, 0.4) * size
+        cx, cy = rng.uniform(r, size - r, 2)
+        colour = tuple(int(v) for v in rng.randint(150, 256, 3))
+        if kind == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        elif kind == "square":
+            draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.int16)
+        arr = arr + rng.randint(-12, 13, arr.shape)
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+        images.append(arr[:, :, None] if arr.ndim == 2 else arr)
+        labels.append(kind)
+    return np.stack(images), labels
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write ``H x W x C`` (C = 1 or 3) uint8 as a PNG file."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = image[:, :, 0] if image.shape[2] == 1 else image
+    Image.fromarray(arr).save(path, format="PNG")
+    return path
+
+
+def write_image_folder(root: str | Path, n: int = 30, size: int = 16, channels: int = 1,
+                       seed: int = 0, split: bool = False, test_every: int = 5) -> list[Path]:
+    """``n`` drawn-shape PNGs in ``root/<shape>/<i>.png``; with ``split``, every
+    ``test_every``-th image goes to ``root/test/<shape>/`` and the others to
+    ``root/train/<shape>/``.  Returns the files in writing order."""
+    images, labels = draw_shapes(n, size, channels, seed)
+    root = Path(root)
+    out = []
+    for i, (img, label) in enumerate(zip(images, labels)):
+        part = ("test" if i % test_every == 0 else "train") if split else ""
+        out.append(write_png(root / part / label / f"{i:04d}.png", img))
     return out

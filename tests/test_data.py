@@ -61,7 +61,7 @@ def check_bundle(b: DataBundle) -> None:
 
 def test_registry_names():
     assert list_datasets() == sorted(
-        ["digits", "mnist", "fashion-mnist", "cifar-10", "graphene", "netcdf"])
+        ["digits", "mnist", "fashion-mnist", "cifar-10", "graphene", "netcdf", "image-folder"])
 
 
 def test_unknown_dataset_lists_known_ones(tmp_path):
@@ -370,11 +370,14 @@ def test_netcdf_classification_errors(tmp_path):
     one_line_error(lambda: load_data(cfg, tmp_path), r"non-integer class labels \(e.g. 1.5\)")
     _classes_nc(path, [0, 1, 2, 1, 0])
     assert load_data(cfg, tmp_path).num_outputs == 3
-    assert load_data({**cfg, "num_classes": None}, tmp_path).num_outputs == 3  # max label + 1
+    assert load_data({**cfg, "num_classes": None}, tmp_path).num_outputs == 3  # distinct
     assert load_data({**cfg, "num_classes": 7}, tmp_path).num_outputs == 7
+    assert load_data({**cfg, "num_classes": 7}, tmp_path).class_names == list("0123456")
     _classes_nc(path, [0, -1, 2, 1, 0])
-    one_line_error(lambda: load_data({**cfg, "num_classes": None}, tmp_path),
-                   r"label -1 out of range \[0, 3\)")
+    one_line_error(lambda: load_data(cfg, tmp_path), r"label -1 out of range \[0, 3\)")
+    # num_classes null: integer labels of any value, sorted, are the classes
+    b = load_data({**cfg, "num_classes": None}, tmp_path)
+    assert (b.num_outputs, b.class_names) == (4, ["-1", "0", "1", "2"])
     _classes_nc(path, [0, 1, 2, 1, 0])
     one_line_error(lambda: load_data({**cfg, "num_classes": 0}, tmp_path),
                    "num_classes must be a positive integer or null")

@@ -186,10 +186,63 @@ def test_parse_legacy_genotype_rejects(text, expected):
 
 # -- published genotypes ----------------------------------------------------------------------
 def test_published_genotypes_equal_fixture(published: dict):
-    assert list_genotypes() == list(published)
+    # CHEST_XRAY is not in the fixture: the fork's name of the 2019-12-04 cell (below)
+    assert [n for n in list_genotypes() if n != "CHEST_XRAY"] == list(published)
+    assert list_genotypes().index("CHEST_XRAY") == list(published).index("CHEST_XRAY_V1")
     for name, d in published.items():
         assert get_genotype(name) == Genotype.from_dict(d), name
         assert get_genotype(name).to_dict() == d, name
+
+
+# genotype.arch of the fork's eval-chest-xray-Run01-20191204-104236 (trained as 'CHEST_XRAY')
+CHEST_XRAY_RUN01 = (
+    "Genotype(normal=[('max_pool_3x3', 0), ('dil_conv_5x5', 1), ('max_pool_3x3', 0), "
+    "('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_5x5', 2), ('skip_connect', 2), "
+    "('max_pool_3x3', 0)], normal_concat=range(2, 6), reduce=[('max_pool_3x3', 0), "
+    "('max_pool_3x3', 1), ('dil_conv_5x5', 2), ('dil_conv_5x5', 0), ('dil_conv_5x5', 3), "
+    "('sep_conv_5x5', 2), ('sep_conv_5x5', 2), ('dil_conv_5x5', 3)], reduce_concat=range(2, 6))")
+
+
+def test_chest_xray_is_the_2019_12_04_cell_not_the_placeholder(published: dict):
+    """The fork named the 2019-12-04 search result CHEST_XRAY (runs 1-3 were trained with it)
+    and renamed it CHEST_XRAY_V1 on 2019-12-06; its earlier CHEST_XRAY = DARTS_V2 was a
+    placeholder."""
+    chest = get_genotype("CHEST_XRAY")
+    assert chest == parse_legacy_genotype(CHEST_XRAY_RUN01)
+    assert chest == Genotype.from_dict(published["CHEST_XRAY_V1"]) == get_genotype("chest-xray")
+    assert chest != get_genotype("DARTS_V2")
+    assert get_genotype("CHEST_XRAY_20191206_UNNAMED") != chest
+
+
+# A genotype of the fork's 2019 random search (saved scripts/genotypes.py): avg_pool_2x2 on
+# normal-cell edges, max_pool_2x2 in the reduction cell.
+WITH_2X2_POOLS = (
+    "Genotype(normal=[('dil_conv_3x3', 1), ('sep_conv_3x3', 0), ('dil_conv_5x5', 0), "
+    "('avg_pool_2x2', 1), ('sep_conv_3x3', 1), ('dil_conv_3x3', 3), ('dil_conv_5x5', 1), "
+    "('avg_pool_2x2', 3)], normal_concat=range(2, 6), reduce=[('skip_connect', 1), "
+    "('max_pool_2x2', 0), ('avg_pool_3x3', 1), ('sep_conv_3x3', 0), ('dil_conv_5x5', 3), "
+    "('sep_conv_3x3', 2), ('max_pool_3x3', 1), ('sep_conv_3x3', 4)], reduce_concat=range(2, 6))")
+
+
+def test_avg_pool_2x2_genotypes_build_and_run():
+    from nas_core.model_eval import EvalNetwork
+    from nas_core.ops import create_op, has_op
+
+    assert has_op("avg_pool_2x2")
+    g = parse_legacy_genotype(WITH_2X2_POOLS)
+    net = EvalNetwork(g, 3, 8, 5, 3)
+    out, _ = net(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    # the fork's definition: ZeroPad2d((0, 1, 0, 1)) then AvgPool2d(2, stride), zeros counted
+    x = torch.randn(2, 4, 8, 8)
+    for stride in (1, 2):
+        ref = torch.nn.Sequential(torch.nn.ZeroPad2d((0, 1, 0, 1)),
+                                  torch.nn.AvgPool2d(2, stride=stride, padding=0,
+                                                     count_include_pad=False))
+        got = create_op("avg_pool_2x2", 4, stride)(x)
+        assert got.shape == (2, 4, 8 // stride, 8 // stride)
+        torch.testing.assert_close(got, ref(x))
+    assert float(create_op("avg_pool_2x2", 1, 1)(torch.ones(1, 1, 2, 2))[0, 0, 1, 1]) == 0.25
 
 
 def test_get_genotype_aliases_and_unknown():

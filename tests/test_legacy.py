@@ -149,3 +149,49 @@ def test_modern_tensor_alpha_dump(tmp_path: Path):
     log = read_search_log(p)
     np.testing.assert_array_equal(log.alphas[3]["normal"], [[0.25, 0.75], [0.5, 0.5]])
     np.testing.assert_array_equal(log.alphas[3]["reduce"], np.eye(2))
+
+
+# The fork's later format (Nov 2019 on; 141 of its 168 logs): each epoch ends with
+# "training loss; <metric>: <loss> <metric value>" and "validation loss; ...". Lines of the
+# fork's eval-chest-xray-Run01-20191204-104236/log.txt (regression, metric 'R2'), then an
+# 'accuracy' search epoch in the same format.
+LATER_FORMAT = [
+    "2019-12-04 10:42:36,811 gpu device = 1",
+    "2019-12-04 10:42:36,811 args = Namespace(arch='CHEST_XRAY', batch_size=40, "
+    "dataset='chest-xray', epochs=100, layers=8, learning_rate=0.001, primitives='Default')",
+    "2019-12-04 10:42:43,839 param size = 0.239422MB",
+    "2019-12-04 10:42:43,843 epoch 0 lr 1.000000e-03",
+    "2019-12-04 10:42:45,742 train 000 6.914873e-01 -2.144509",
+    "2019-12-04 10:46:13,827 train 850 1.784631e-01 -220.611684",
+    "2019-12-04 10:46:24,318 training loss; R2: 1.781026e-01 -220.805482",
+    "2019-12-04 10:46:24,469 valid 000 1.847229e-01 -281.509627",
+    "2019-12-04 10:46:27,078 valid 050 1.853052e-01 -245.286425",
+    "2019-12-04 10:46:29,712 validation loss; R2: 1.802908e-01 -236.524990",
+    "2019-12-04 10:46:29,728 epoch 1 lr 1.000000e-03",
+    "2019-12-04 10:46:30,113 train 000 2.222258e-01 -101.481810",
+    "2019-12-04 10:50:05,576 training loss; R2: 1.678999e-01 -233.847903",
+    "2019-12-04 10:50:10,835 validation loss; R2: 1.786077e-01 -203.048622",
+]
+
+
+def test_later_fork_format_keeps_the_metrics(tmp_path: Path):
+    log = read_eval_log(_write(tmp_path, *LATER_FORMAT))
+    assert log.args["arch"] == "CHEST_XRAY" and log.param_size_mb == pytest.approx(0.239422)
+    assert log.metrics == {
+        0: {"lr": 1e-3, "train_loss": 0.1781026, "train_acc": -220.805482,
+            "valid_loss": 0.1802908, "valid_acc": -236.52499},
+        1: {"lr": 1e-3, "train_loss": 0.1678999, "train_acc": -233.847903,
+            "valid_loss": 0.1786077, "valid_acc": -203.048622},
+    }
+    search = _write(tmp_path, TS + "epoch 7 lr 2.5e-02",
+                    TS + "genotype = " + get_genotype("CHEST_XRAY").to_legacy(),
+                    TS + "training loss; accuracy: 3.046221e-01 89.520000",
+                    "10/11 02:34:43 PM validation loss; accuracy: 2.500000e-01 91.250000")
+    s = read_search_log(search)
+    assert s.metrics[7] == {"lr": 0.025, "train_loss": 0.3046221, "train_acc": 89.52,
+                            "valid_loss": 0.25, "valid_acc": 91.25}
+    assert s.final_genotype == get_genotype("CHEST_XRAY")
+    p = _write(tmp_path, TS + "training loss; R2: 1.0e-01 0.5")
+    with pytest.raises(LegacyFormatError,
+                       match=re.escape(f"{p}:1: training loss logged before any 'epoch N lr'")):
+        read_eval_log(p)

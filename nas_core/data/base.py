@@ -15,7 +15,8 @@ from nas_core.errors import one_line
 from nas_core.fileio import sha256_file
 
 __all__ = ["DataError", "DownloadError", "DataBundle", "ArrayDataset", "file_info",
-           "require_file", "check_finite", "check_labels", "check_nonempty", "typed_line"]
+           "require_file", "check_finite", "check_labels", "encode_labels", "check_nonempty",
+           "typed_line"]
 
 
 class DataError(ValueError):
@@ -39,6 +40,12 @@ class DataBundle:
     train_eval: Dataset
     test: Dataset
     source: dict = field(default_factory=dict)
+    #: classification: the name of each class index (``None``: the indices are the names)
+    class_names: list[str] | None = None
+    #: regression with ``standardize``: ``{"mean", "std"}`` of the training part's targets; the
+    #: datasets yield ``(y - mean) / std`` and the test stage reports metrics in the original
+    #: units (``y * std + mean``).  ``None``: targets as stored.
+    target_stats: dict | None = None
 
 
 class ArrayDataset(Dataset):
@@ -133,6 +140,70 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
             f"({int(np.count_nonzero((labels < 0) | (labels >= num_classes)))} bad)"
         )
     return labels.astype(np.int64)
+
+
+def _label_text(values: np.ndarray, what: str) -> np.ndarray | None:
+    """``values`` as an array of ``str`` when they are text (str, bytes, or objects that are
+    all str/bytes); None for numbers."""
+    kind = values.dtype.kind
+    if kind in "U":
+        return values.astype(str)
+    if kind not in "SO":
+        return None
+    out = []
+    for v in values.ravel().tolist():
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{what}: label {v!r} is not UTF-8 text") from None
+        if not isinstance(v, str):
+            if kind == "O" and not out:
+                return None  # objects that are not text: numbers, checked by the caller
+            raise DataError(f"{what}: labels mix text and {type(v).__name__} (e.g. {v!r})")
+        out.append(v)
+    return np.asarray(out, dtype=object).reshape(values.shape).astype(str)
+
+
+def encode_labels(labels: Any, what: str,
+                  num_classes: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Class labels of any values -> ``(class indices int64, class names)``.
+
+    ``num_classes`` None: the distinct labels, sorted (numbers by value, text as text), are the
+    classes ``0..K-1``; a class's name is its label as text (``"1"``, ``"cat"``), so labels
+    numbered from 1 give ``K`` classes, not ``K + 1``.  ``num_classes`` N: the labels must be
+    the integers ``0..N-1`` (class ``i`` is label ``i``, named ``"i"``; a class may be absent).
+    Floats must be whole numbers; NaN, inf and mixed text/numbers are refused (one line)."""
+    values = np.asarray(labels)
+    if values.ndim != 1:
+        values = values.reshape(-1)
+    text = _label_text(values, what)
+    if text is not None:
+        if num_classes is not None:
+            raise DataError(f"{what}: num_classes applies to integer labels 0..N-1, the labels "
+                            f"are text (e.g. {text[0]!r}); leave num_classes null")
+        names, idx = np.unique(text, return_inverse=True)
+        return idx.astype(np.int64).reshape(-1), [str(n) for n in names]
+    if values.dtype.kind == "O":
+        try:
+            values = values.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{what}: labels must be integers or text, got "
+                            f"{type(values[0]).__name__} (e.g. {values[0]!r})") from None
+    if values.dtype.kind == "b":
+        values = values.astype(np.int64)
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"{what}: labels must be integers or text, got {values.dtype}")
+    if num_classes is not None:
+        return check_labels(values, num_classes, what), [str(i) for i in range(num_classes)]
+    if values.dtype.kind == "f":
+        check_finite(values, what)
+        if not np.all(values == np.round(values)):
+            example = values[values != np.round(values)][0].item()
+            raise DataError(f"{what} holds non-integer class labels (e.g. {example!r})")
+        values = values.astype(np.int64)
+    classes, idx = np.unique(values, return_inverse=True)
+    return idx.astype(np.int64).reshape(-1), [str(int(c)) for c in classes]
 
 
 def check_nonempty(name: str, **parts: int) -> None:

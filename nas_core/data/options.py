@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 __all__ = ["REQUIRED", "Option", "KINDS", "CROP_PADDING", "SOURCE_KEYS", "SOURCE", "SHARED",
-           "source_option", "option_schema", "block_schema"]
+           "IMPORT_PATH_PATTERN", "IMPORT_PATH_KEYS", "source_option", "option_schema",
+           "block_schema", "import_path_branch"]
 
 
 class _Required:
@@ -100,6 +101,23 @@ SOURCE = Option(None, "object", "an S3 object (nas_core.data.s3); keys left out 
 #: Blocks rendered once under the schema's ``$defs`` and referenced by name (``shared=``).
 SHARED: dict[str, Option] = {"source": SOURCE}
 
+#: ``data.name`` of a user's own dataset: ``package.module:Attribute`` (nas_core.data.custom).
+IMPORT_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+#: The keys nas_core reads from the data block of a dataset given by import path; every other
+#: key is passed to the user's class or function as a keyword argument.
+IMPORT_PATH_KEYS: dict[str, Option] = {
+    "task": Option(None, "choice", "what the target is (null = the dataset's 'task' attribute)",
+                   choices=("classification", "regression"), nullable=True),
+    "test_split": Option(None, "object", "null (the dataset's test_indices, else random, "
+                                         "fraction 0.2, seed 42) or {kind: random, fraction, "
+                                         "seed}", nullable=True),
+    "normalize": Option("train", "any", "'train' (mean/std per channel of the training part), "
+                                        "null (none) or {mean: [...], std: [...]}"),
+    "standardize": Option(False, "bool", "regression: train on standardised targets (the "
+                                         "training part's mean and std)"),
+}
+
 
 def source_option(description: str) -> Option:
     """A dataset's ``source:`` option: the shared S3 block, with the dataset's own description."""
@@ -166,3 +184,19 @@ def option_schema(opt: Option, *, with_default: bool = True) -> dict[str, Any]:
 def block_schema(opt: Option) -> dict[str, Any]:
     """JSON Schema of a shared block (a ``$defs`` entry): description, type, sub-keys."""
     return {"description": opt.description, **_type_schema(opt), **_sub_keys(opt)}
+
+
+def import_path_branch(names: list[str]) -> dict[str, Any]:
+    """The ``data`` block's rule for ``name``: an import path ``package.module:Attribute``
+    (then the keys of :data:`IMPORT_PATH_KEYS` are typed, any other key goes to the user's
+    class), else one of the registered ``names``."""
+    return {
+        "if": {"properties": {"name": {
+            "pattern": IMPORT_PATH_PATTERN,
+            "description": "the import path of your own dataset class or function"}},
+            "required": ["name"]},
+        "then": {"properties": {k: option_schema(o, with_default=False)
+                                for k, o in IMPORT_PATH_KEYS.items()}},
+        "else": {"properties": {"name": {"enum": list(names),
+                                         "description": "registered dataset loader"}}},
+    }

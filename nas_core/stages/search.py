@@ -185,6 +185,7 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     if world.is_main:
         atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
         atomic_write_json(paths["history.json"], {"stage": "search", "metric": stage.task.metric,
+                                                  "data": bundle.source,
                                                   "epochs": result.history})
         atomic_write_json(paths["timings.json"], {
             "stage": "search", "device": str(runtime.device), "nas_core_version": __version__,

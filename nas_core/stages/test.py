@@ -100,8 +100,11 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
 
     ``test.json``: ``dataset``, ``task``, ``metrics`` (classification: ``top1``, ``top5``
     (percent; top-k with k = min(5, classes)), ``loss`` (mean cross entropy),
-    ``per_class_accuracy`` (percent per class index, null for a class without test samples);
-    regression: ``r2`` (over the whole split), ``mse``, ``mae``, ``loss`` (mean MSE)),
+    ``per_class_accuracy`` (percent per class index, null for a class without test samples),
+    and ``per_class_accuracy_by_name`` when the data names its classes (netcdf labels,
+    image-folder class folders; the names are also in ``data.class_names``); regression:
+    ``r2`` (over the whole split), ``mse``, ``mae``, ``loss`` (mean MSE), in the targets'
+    original units also when the data standardised them (``standardize``)),
     ``num_samples``, ``num_parameters`` (without the auxiliary head), ``genotype`` (dict),
     ``genotype_source``, ``network`` (in_channels, num_outputs, layers, init_channels,
     auxiliary), ``model`` (path as given, sha256, bytes), ``data`` (the data layer's source
@@ -127,7 +130,12 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
         targets.append(y.cpu())
     if not outputs:
         raise StageError(f"{bundle.name}: the test split is empty")
-    metrics = task.test_metrics(torch.cat(outputs), torch.cat(targets))
+    out, tgt = torch.cat(outputs), torch.cat(targets)
+    if bundle.target_stats is not None:  # standardised targets: metrics in the original units
+        mean, std = float(bundle.target_stats["mean"]), float(bundle.target_stats["std"])
+        out = out.double().mul(std).add(mean).float()
+        tgt = tgt.double().mul(std).add(mean).float()
+    metrics = task.test_metrics(out, tgt, class_names=bundle.class_names)
 
     model_path = Path(model)
     result = {

@@ -149,6 +149,7 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
         atomic_write_json(paths["history.json"], {
             "stage": "train",
             "metric": stage.task.metric,
+            "data": bundle.source,
             "selection": {"on": "valid" if stage.va_idx else "last epoch",
                           "metric": stage.task.metric, "best_epoch": best["epoch"],
                           "best_value": best["value"]},

@@ -1,13 +1,20 @@
 # Fetch a dataset's files once, before any job reads them (search, train and test depend on the
 # marker), so parallel jobs never race to download. digits has no files but gets a marker too.
+# A dataset of local files (netcdf without source, image-folder, ...) checks them here instead:
+# they are inputs (ancient: their mtime alone triggers nothing) and `content`, the sha256 of
+# their bytes, is a param, so an edit reruns download and, through download.json (sha256 and
+# size of each file), every later stage; a `touch` reruns nothing (common.smk, local data).
 
 
 rule download:
+    input:
+        local_data_input,
     output:
         "resources/{dataset}/download.json",
     params:
         data=data_cfg,
         root=data_root,
+        content=local_data_content,
     log:
         "logs/{dataset}/download.log",
     benchmark:
