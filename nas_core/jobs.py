@@ -21,16 +21,20 @@ import contextlib
 import logging
 import os
 import re
+import subprocess
 import sys
 import traceback
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 from nas_core.errors import is_known, one_line
+from nas_core.fileio import atomic_write_text
 from nas_core.gpu import acquire_gpus
 
 __all__ = ["log_to", "gpu_job", "error_line", "report_error", "job_errors", "failed_job_errors",
-           "report_failed_jobs"]
+           "report_failed_jobs", "slurm_tasks", "srun_stage"]
 
 #: A duplicate of the job's original stderr (the console), saved by :func:`log_to`.
 _CONSOLE_FD: int | None = None
@@ -225,3 +229,35 @@ def gpu_job(gpus: int, threads: int) -> Iterator[list[str]]:
 
         torch.set_num_threads(max(1, int(threads)))
         yield granted
+
+
+# -- several Slurm tasks (multi-node) -----------------------------------------------------------
+def slurm_tasks(resources) -> int:
+    """The Slurm tasks a job runs: its ``tasks`` resource when the rule has the executor
+    plugin's ``mpi`` resource inside a Slurm job (the plugin then runs the job script once in
+    the batch step and the script starts the tasks with ``srun``), else 1."""
+    if not os.environ.get("SLURM_JOB_ID") or not getattr(resources, "mpi", None):
+        return 1
+    return max(1, int(getattr(resources, "tasks", 1) or 1))
+
+
+def srun_stage(stage: str, tasks: int, dataset: str, blocks: dict, *, data_root: str,
+               log: str | os.PathLike, args: list[str]) -> None:
+    """Run ``python -m nas_core STAGE`` as ``tasks`` Slurm tasks (``srun --ntasks``); the tasks
+    join one process group from Slurm's environment (:func:`nas_core.distributed.slurm_env`)
+    and rank 0 writes the outputs.  The dataset's resolved ``blocks`` travel in a config file
+    beside the log; the tasks' output goes to the job's log.  A failed step raises
+    :class:`nas_core.stages.common.StageError` (the tasks' own one-line error is in the log)."""
+    from nas_core.stages.common import StageError  # imports torch: not before the GPUs
+
+    config = Path(f"{log}.srun.yaml")
+    atomic_write_text(config, yaml.safe_dump({"datasets": {dataset: blocks}}, sort_keys=False))
+    cmd = ["srun", f"--ntasks={tasks}", "--kill-on-bad-exit=1", sys.executable, "-m",
+           "nas_core", stage, "--config", str(config), "--dataset", dataset, "--data-root",
+           data_root, *map(str, args)]
+    logging.getLogger("nas_core.jobs").info("%s over %d Slurm tasks: %s", stage, tasks,
+                                            " ".join(cmd))
+    code = subprocess.run(cmd, check=False).returncode
+    if code != 0:
+        raise StageError(f"{stage}: srun over {tasks} tasks failed (exit status {code}); "
+                         f"the tasks' error is in {log}")
