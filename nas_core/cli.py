@@ -1,11 +1,12 @@
-"""Command line: ``python -m nas_core {download,search,genotype,train,test}``.
+"""Command line: ``python -m nas_core {download,search,genotype,train,test,predict,export}``.
 
 The options mirror the workflow's config (config/config.yaml): ``--config FILE --dataset NAME``
 takes the dataset's block (``datasets: {NAME: {data:, search:, train:, test:}}``) over the
 file's top-level shared ``search:`` / ``train:`` / ``test:`` blocks and the built-in defaults
 (``nas_core.config``); ``--set STAGE.KEY=VALUE`` overrides single keys (values are YAML:
 ``3``, ``0.1``, ``true``, ``null``).  Paths default to the workflow's layout under
-``results/NAME/``.
+``results/NAME/``.  ``predict`` and ``export`` take a results folder (``results/NAME``) and use
+the trained model there (:mod:`nas_core.inference`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nas_core import __version__
 from nas_core.checkpoint import dumps_json
 from nas_core.config import STAGES, ConfigError, describe
 from nas_core.data import download_data
+from nas_core.distributed import slurm_env
 from nas_core.errors import is_known, one_line
 from nas_core.resolve import DatasetConfig, resolve_dataset
 from nas_core.stages import run_genotype, run_search, run_test, run_train
@@ -30,7 +32,7 @@ from nas_core.stages.common import setup_logging
 
 __all__ = ["main", "build_parser", "resolve_config", "CliError", "COMMANDS"]
 
-COMMANDS = ("download", "search", "genotype", "train", "test")
+COMMANDS = ("download", "search", "genotype", "train", "test", "predict", "export")
 
 
 class CliError(ValueError):
@@ -219,12 +221,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model state dict (default: results/NAME/train/model.pt)")
     p.add_argument("--out", metavar="FILE", default=None,
                    help="output file (default: results/NAME/test.json)")
+
+    p = sub.add_parser("predict", help="predictions of a trained model for image or netCDF files",
+                       description="Print the predictions of the model in RESULTS (e.g. "
+                                   "results/mnist: model.json or test.json, genotype.json, "
+                                   "train/model.pt) for image files (resized to the model's "
+                                   "input size) and netCDF files (every sample of the image "
+                                   "variable), one tab-separated line per input.",
+                       formatter_class=fmt)
+    p.add_argument("results", metavar="RESULTS", help="results folder of a dataset")
+    p.add_argument("files", metavar="FILE", nargs="+", help="image or netCDF files")
+    p.add_argument("--var", default=None,
+                   help="image variable of the netCDF files (default: the dataset's image_var)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--log", metavar="FILE", default=None,
+                   help="also write the log to FILE (default: stderr only)")
+
+    p = sub.add_parser("export", help="write a trained model as TorchScript, exported program "
+                                      "or ONNX",
+                       description="Write the model in RESULTS (normalisation included: inputs "
+                                   "on the data's scale, N x C x H x W) as a file that loads "
+                                   "without nas_core, load it back and compare its outputs "
+                                   "with nas_core's.", formatter_class=fmt)
+    p.add_argument("results", metavar="RESULTS", help="results folder of a dataset")
+    p.add_argument("--format", dest="fmt", default="torchscript",
+                   choices=["torchscript", "onnx", "exported-program"],
+                   help="torchscript (torch.jit.load), exported-program (torch.export.load) or "
+                        "onnx (needs pip install 'nas-core[onnx]'); default: torchscript")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="output file (default: RESULTS/export/model.torchscript.pt, "
+                        "model.pt2 or model.onnx)")
+    p.add_argument("--log", metavar="FILE", default=None,
+                   help="also write the log to FILE (default: stderr only)")
     return parser
 
 
 # -- main -----------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> Any:
     cmd = args.command
+    if cmd in ("predict", "export"):
+        from nas_core import inference
+
+        if cmd == "export":
+            return inference.export_model(args.results, args.fmt, args.out)
+        rows = inference.predict_files(inference.load_model(args.results, device=args.device),
+                                       args.files, var=args.var)
+        return rows if args.json else inference.format_rows(rows)
     if cmd == "genotype":
         base = Path("results") / args.dataset if args.dataset else None
         source = args.source or (str(base / "search" / "alphas.json") if base else None)
@@ -268,5 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         remove_logging()
-    sys.stdout.write(dumps_json(result))
+    slurm = slurm_env()
+    if slurm is None or slurm["rank"] == 0:  # one result per run, also from srun's tasks
+        sys.stdout.write(result if isinstance(result, str) else dumps_json(result))
     return 0

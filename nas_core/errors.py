@@ -27,6 +27,7 @@ KNOWN_ERROR_NAMES: tuple[tuple[str, str], ...] = (
     ("nas_core.gpu", "GPUError"),
     ("nas_core.fileio", "WriteError"),
     ("nas_core.distributed", "DistributedError"),
+    ("nas_core.inference", "InferenceError"),
 )
 
 #: An OSError with one of these errno values is known whatever raised it: the disk (full,

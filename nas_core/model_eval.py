@@ -5,7 +5,8 @@ The module tree equals the original's key for key (``stem``, ``cells.{i}.preproc
 ``global_pooling``, ``classifier``), so the authors' checkpoints load with ``strict=True``.
 Differences: any number of input channels and outputs, inputs of any H x W (zero-padded to a
 multiple of 2 ** reductions), an auxiliary head that also works on feature maps other than 8x8,
-and an out-of-place drop-path.
+an out-of-place drop-path, and ``forward`` returning the logits tensor in eval mode (the
+original returns ``(logits, None)``, which neither traces nor exports).
 """
 
 from __future__ import annotations
@@ -106,8 +107,11 @@ class AuxiliaryHead(nn.Module):
 class EvalNetwork(nn.Module):
     """Original ``NetworkCIFAR`` generalised to ``in_channels`` inputs and ``num_outputs`` outputs.
 
-    ``forward(x) -> (logits, logits_aux)``; ``logits_aux`` is None unless ``auxiliary`` and in
-    training mode.  Set ``drop_path_prob`` per epoch (used in training mode only).
+    ``forward(x)``: in eval mode (inference) the logits tensor ``N x num_outputs``, so the
+    network traces and exports as is (``torch.jit.trace``, ``torch.export``, ONNX); in training
+    mode ``(logits, logits_aux)``, ``logits_aux`` None unless ``auxiliary`` (the head is used
+    in training only).  ``logits(x)`` is the logits tensor in either mode.  Set
+    ``drop_path_prob`` per epoch (used in training mode only).
     """
 
     def __init__(self, genotype: Genotype, in_channels: int, channels: int, num_outputs: int,
@@ -154,7 +158,18 @@ class EvalNetwork(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_outputs)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Eval mode: the logits; training mode: ``(logits, logits_aux or None)``."""
+        logits, logits_aux = self._run(x, with_aux=self.training)
+        if self.training:
+            return logits, logits_aux
+        return logits
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits in either mode (no auxiliary head)."""
+        return self._run(x, with_aux=False)[0]
+
+    def _run(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"EvalNetwork: expected input N x {self.in_channels} x H x W, "
                              f"got {tuple(x.shape)}")
@@ -163,7 +178,7 @@ class EvalNetwork(nn.Module):
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == self.aux_layer and self._auxiliary and self.training:
+            if i == self.aux_layer and self._auxiliary and with_aux:
                 logits_aux = self.auxiliary_head(s1)
         out = self.global_pooling(s1)
         logits = self.classifier(out.flatten(1))

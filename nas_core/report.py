@@ -1,19 +1,30 @@
-"""Figures from the stage outputs, as plain files (PNG, and graphviz sources for the cells).
+"""Figures and tables from the stage outputs, as plain files (PNG, HTML, graphviz sources).
 
 - :func:`search_figures`: search curves, and the softmaxed alphas over the epochs as heatmaps
-  (normal and reduction cell) from ``search/history.json``.
-- :func:`cell_figures`: the normal and reduction cells of ``genotype.json`` drawn with graphviz
-  (the ``.dot`` sources are always written; without the ``dot`` program the PNG is a text
-  rendering of the cell and a warning is logged).
+  (normal and reduction cell) from ``search/history.json``: a diverging scale centred on the
+  uniform weight ``1 / operations`` (white: no preference), the same span for every panel, and
+  the operations the genotype keeps at that epoch outlined.
+- :func:`cell_figures`: the normal and reduction cells of ``genotype.json`` drawn the way the
+  DARTS paper draws them (inputs ``c_{k-2}``, ``c_{k-1}`` on the left, intermediate nodes,
+  their concatenation ``c_{k}`` on the right, edges labelled with operations), with matplotlib:
+  no system program needed.  The graphviz ``.dot`` sources are written too; ``engine="graphviz"``
+  renders them with the ``dot`` program when it is installed.
 - :func:`train_figure`: training curves from ``train/history.json``.
-- :func:`test_figure`: the test metrics of ``test.json``.
+- :func:`test_figure`: the test split: per-class accuracy and the confusion matrix
+  (classification) or predicted against true values (regression), from ``test.json`` and the
+  model card rule's ``test_predictions.csv``; :func:`test_table`: the test metrics as an HTML
+  table (the report shows it as a table, not as a picture of one).
 
+Every figure is titled with the dataset's display name: its config key, the ``{dataset}`` of
+``results/{dataset}/`` (``name=``; by default read from the path), never the loader's name.
 matplotlib runs with the Agg backend (no screen needed).  Metric names and labels come from
 :mod:`nas_core.tasks`.
 """
 
 from __future__ import annotations
 
+import csv
+import html
 import io
 import json
 import logging
@@ -25,15 +36,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas_core.fileio import atomic_write_bytes, atomic_write_text
-from nas_core.tasks import Task, task_of_metric
 from nas_core.ops import PRIMITIVES as DEFAULT_PRIMITIVES  # the alphas' column order
+from nas_core.tasks import Task, task_of_metric
 
-__all__ = ["search_figures", "cell_figures", "train_figure", "test_figure", "curves_figure",
-           "alphas_figure", "cell_dot", "edge_labels", "MAX_ALPHA_PANELS"]
+__all__ = ["search_figures", "cell_figures", "train_figure", "test_figure", "test_table",
+           "curves_figure", "alphas_figure", "cell_figure", "cell_dot", "edge_labels",
+           "chosen_edges", "dataset_name", "MAX_ALPHA_PANELS", "CELL_COLOURS"]
 
 log = logging.getLogger(__name__)
 
 MAX_ALPHA_PANELS = 6
+#: The DARTS paper's (graphviz) colours: inputs, intermediate nodes, output.
+CELL_COLOURS = {"input": "#b4eeb4", "node": "#add8e6", "output": "#eee8aa"}
 
 
 def _plt():
@@ -59,6 +73,18 @@ def _save(fig, out: str | os.PathLike) -> None:
     finally:
         _plt().close(fig)
     atomic_write_bytes(out, buf.getvalue())
+
+
+def dataset_name(path: str | os.PathLike) -> str:
+    """The display name of the dataset a stage file belongs to: the folder that holds its
+    ``search``/``train``/``select`` folder (``results/mnist/search/seed1/history.json`` ->
+    ``mnist``), else the file's folder (``results/mnist/test.json`` -> ``mnist``)."""
+    p = Path(path)
+    parts = p.parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] in ("search", "train", "select", "figures"):
+            return parts[i - 1]
+    return p.parent.name
 
 
 # -- curves -------------------------------------------------------------------------------
@@ -120,16 +146,36 @@ def curves_figure(history_path: str | os.PathLike, out: str | os.PathLike, title
 # -- alphas -------------------------------------------------------------------------------
 
 
+def _input_name(j: int) -> str:
+    return ("c_{k-2}", "c_{k-1}")[j] if j < 2 else str(j - 2)
+
+
 def edge_labels(num_edges: int) -> list[str]:
     """``node <- input`` for the edges of a DARTS cell (node i has i + 2 inputs)."""
     labels = []
     node = 0
     while len(labels) < num_edges:
         for j in range(node + 2):
-            src = ("c_{k-2}", "c_{k-1}")[j] if j < 2 else str(j - 2)
-            labels.append(f"{node} <- {src}")
+            labels.append(f"{node} <- {_input_name(j)}")
         node += 1
     return labels[:num_edges]
+
+
+def chosen_edges(genotype: dict | None, cell: str, ops: Sequence[str]) -> list[tuple[int, int]]:
+    """``(edge row, operation column)`` of the operations a genotype (dict) keeps in ``cell``
+    (node i's inputs are edges ``i (i + 3) / 2 + j``); [] when there is none."""
+    if not isinstance(genotype, dict) or not isinstance(genotype.get(cell), list):
+        return []
+    out = []
+    for k, pair in enumerate(genotype[cell]):
+        try:
+            op, j = str(pair[0]), int(pair[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        node = k // 2
+        if op in ops:
+            out.append((node * (node + 3) // 2 + j, list(ops).index(op)))
+    return out
 
 
 def _pick_epochs(n: int, k: int = MAX_ALPHA_PANELS) -> list[int]:
@@ -140,11 +186,22 @@ def _pick_epochs(n: int, k: int = MAX_ALPHA_PANELS) -> list[int]:
 
 
 def alphas_figure(history_path: str | os.PathLike, cell: str, out: str | os.PathLike,
-                  primitives: Sequence[str] | None = None, title: str = "") -> None:
+                  primitives: Sequence[str] | None = None, title: str = "",
+                  final_genotype: dict | None = None) -> dict:
     """Heatmaps of the softmaxed alphas (edges x operations) of ``cell`` ("normal" or
-    "reduce") at up to six epochs spread over the search, the last included."""
+    "reduce") at up to six epochs spread over the search, the last included.
+
+    The colour scale is diverging and centred on the uniform weight ``1 / operations`` (white),
+    symmetric, the same for every panel, and never narrower than +-25 % of the uniform weight:
+    alphas that barely moved stay pale instead of filling the colour range.  Outlined cells:
+    the operations the genotype keeps at that epoch (the epoch's ``genotype`` in the history;
+    ``final_genotype`` for the last panel when given).  Returns the colour scale
+    (``uniform``, ``vmin``, ``vmax``), the ``epochs`` shown and the number of ``outlined``
+    cells per panel."""
     plt = _plt()
     import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Rectangle
 
     history = _read_json(history_path)
     recs = [r for r in history.get("epochs", []) if isinstance(r.get("alphas"), dict)
@@ -154,53 +211,77 @@ def alphas_figure(history_path: str | os.PathLike, cell: str, out: str | os.Path
         ax.axis("off")
         ax.text(0.5, 0.5, f"no alphas of the {cell} cell in {history_path}", ha="center")
         _save(fig, out)
-        return
+        return {"epochs": [], "outlined": []}
     picks = [recs[i] for i in _pick_epochs(len(recs))]
     first = np.asarray(picks[0]["alphas"][cell], dtype=float)
     n_edges, n_ops = first.shape
     ops = list(primitives) if primitives and len(primitives) == n_ops else (
         list(DEFAULT_PRIMITIVES) if n_ops == len(DEFAULT_PRIMITIVES) else [str(i) for i in range(n_ops)])
     rows = edge_labels(n_edges)
-    # One colour scale for all panels, from the data: early alphas are nearly uniform (1/ops),
-    # so a fixed 0..1 scale would hide how they move.
-    lo = min(float(np.min(r["alphas"][cell])) for r in picks)
-    hi = max(float(np.max(r["alphas"][cell])) for r in picks)
-    if hi - lo < 1e-6:
-        lo, hi = lo - 1e-3, hi + 1e-3
-    fig, axes = plt.subplots(1, len(picks), figsize=(2.1 + 1.9 * len(picks), 0.28 * n_edges + 2.2),
-                             squeeze=False, sharey=True)
+    uniform = 1.0 / n_ops
+    spread = max(float(np.max(np.abs(np.asarray(r["alphas"][cell], dtype=float) - uniform)))
+                 for r in picks)
+    half = max(spread, 0.25 * uniform)
+    norm = TwoSlopeNorm(vcenter=uniform, vmin=max(0.0, uniform - half), vmax=uniform + half)
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.3 + 1.9 * len(picks), 0.28 * n_edges + 2.6),
+                             squeeze=False, sharey=True, layout="constrained")
     image = None
-    for ax, rec in zip(axes[0], picks):
+    outlined = []
+    for n, (ax, rec) in enumerate(zip(axes[0], picks)):
         w = np.asarray(rec["alphas"][cell], dtype=float)
-        image = ax.imshow(w, aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
-        ax.set_title(f"epoch {int(rec['epoch']) + 1}", fontsize=9)
+        image = ax.imshow(w, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
+        ax.set_title(f"epoch {int(rec['epoch']) + 1}\nmax |w - 1/{n_ops}| "
+                     f"{float(np.max(np.abs(w - uniform))):.2g}", fontsize=8)
         ax.set_xticks(range(n_ops))
         ax.set_xticklabels(ops, rotation=90, fontsize=7)
         ax.set_yticks(range(n_edges))
         ax.set_yticklabels(rows, fontsize=7)
-    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.025, pad=0.02, label="softmax(alpha)")
-    fig.suptitle(title or f"{cell} cell: architecture weights over the search")
+        geno = final_genotype if (n == len(picks) - 1 and final_genotype) else rec.get("genotype")
+        chosen = chosen_edges(geno, cell, ops)
+        outlined.append(len(chosen))
+        for r, c in chosen:
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black",
+                                   linewidth=1.6))
+    bar = fig.colorbar(image, ax=axes[0].tolist(), fraction=0.04, pad=0.02)
+    bar.set_label("softmax(alpha)")
+    ticks = sorted({norm.vmin, uniform, norm.vmax})
+    bar.set_ticks(ticks)
+    bar.set_ticklabels([f"{t:.3g}" + (f"\n(1/{n_ops}, uniform)" if t == uniform else "")
+                        for t in ticks])
+    note = ("\nthe alphas moved less than 5 % from uniform: the kept operations are close to "
+            "a random pick" if spread < 0.05 * uniform else "")
+    fig.suptitle((title or f"{cell} cell: architecture weights over the search")
+                 + f"\nwhite = uniform 1/{n_ops}; red: above, blue: below; outlined: the "
+                   f"operations the genotype keeps{note}", fontsize=10)
     _save(fig, out)
+    return {"uniform": uniform, "vmin": float(norm.vmin), "vmax": float(norm.vmax),
+            "epochs": [int(r["epoch"]) + 1 for r in picks], "outlined": outlined}
 
 
 def search_figures(history: str | os.PathLike, curves_out: str | os.PathLike,
                    normal_out: str | os.PathLike, reduce_out: str | os.PathLike,
-                   alphas: str | os.PathLike | None = None) -> list[Path]:
+                   alphas: str | os.PathLike | None = None, name: str | None = None,
+                   genotype: str | os.PathLike | None = None) -> list[Path]:
     """The search's curves and its alpha heatmaps (normal and reduction cell); ``alphas``
-    (``search/alphas.json``) supplies the operation names."""
+    (``search/alphas.json``) supplies the operation names, ``genotype`` (a genotype.json)
+    the operations outlined in the last panel; ``name``: the dataset's display name."""
     primitives = None
     if alphas is not None and Path(alphas).is_file():
         primitives = _read_json(alphas).get("primitives")
-    name = Path(history).parent.parent.name
+    final = _read_json(genotype) if genotype is not None and Path(genotype).is_file() else None
+    name = name or dataset_name(history)
     curves_figure(history, curves_out, f"{name}: search")
-    alphas_figure(history, "normal", normal_out, primitives, f"{name}: normal cell, softmax(alpha) over the search")
-    alphas_figure(history, "reduce", reduce_out, primitives, f"{name}: reduction cell, softmax(alpha) over the search")
+    alphas_figure(history, "normal", normal_out, primitives,
+                  f"{name}: normal cell, softmax(alpha) over the search", final)
+    alphas_figure(history, "reduce", reduce_out, primitives,
+                  f"{name}: reduction cell, softmax(alpha) over the search", final)
     return [Path(curves_out), Path(normal_out), Path(reduce_out)]
 
 
-def train_figure(history: str | os.PathLike, out: str | os.PathLike) -> Path:
+def train_figure(history: str | os.PathLike, out: str | os.PathLike,
+                 name: str | None = None) -> Path:
     """The training curves of the evaluation network."""
-    curves_figure(history, out, f"{Path(history).parent.parent.name}: training")
+    curves_figure(history, out, f"{name or dataset_name(history)}: training")
     return Path(out)
 
 
@@ -228,14 +309,10 @@ def cell_dot(pairs: Sequence[Sequence[Any]], concat: Sequence[int], title: str) 
         g.node(str(i), fillcolor="lightblue")
     for k, (op, j) in enumerate(pairs):
         node = k // 2
-        j = int(j)
-        src = "c_{k-2}" if j == 0 else "c_{k-1}" if j == 1 else str(j - 2)
-        g.edge(src, str(node), label=str(op), fillcolor="gray")
+        g.edge(_input_name(int(j)), str(node), label=str(op), fillcolor="gray")
     g.node("c_{k}", fillcolor="palegoldenrod")
     for j in concat:
-        j = int(j)
-        src = "c_{k-2}" if j == 0 else "c_{k-1}" if j == 1 else str(j - 2)
-        g.edge(src, "c_{k}", fillcolor="gray")
+        g.edge(_input_name(int(j)), "c_{k}", fillcolor="gray")
     return g.source
 
 
@@ -247,92 +324,412 @@ def _render_dot(source_path: Path, out: Path) -> bool:
         png = subprocess.run([dot, "-Tpng", "-Gdpi=110", str(source_path)],
                              check=True, capture_output=True, timeout=120).stdout
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        log.warning("report: graphviz failed on %s (%s); writing a text rendering", source_path, exc)
+        log.warning("report: graphviz failed on %s (%s); drawing with matplotlib", source_path, exc)
         return False
     atomic_write_bytes(out, png)
     return True
 
 
-def _text_cell_png(pairs, concat, title: str, dot_path: Path, out: Path) -> None:
+def _cell_layout(pairs, concat) -> tuple[dict[str, int], int]:
+    """Rank (column) of every node of a cell: inputs 0, a node one more than its deepest
+    input, the output after the deepest node."""
+    steps = len(pairs) // 2
+    rank = {"c_{k-2}": 0, "c_{k-1}": 0}
+    for i in range(steps):
+        srcs = [_input_name(int(j)) for _, j in pairs[2 * i:2 * i + 2]]
+        rank[str(i)] = 1 + max(rank.get(s, 0) for s in srcs)
+    last = max(rank.values()) + 1
+    rank["c_{k}"] = last
+    return rank, last
+
+
+def _bezier(start, end, rad: float, t: float) -> tuple[float, float]:
+    """The point at ``t`` of matplotlib's ``arc3,rad=rad`` curve from ``start`` to ``end``."""
+    mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+    cx, cy = mx + rad * (end[1] - start[1]), my - rad * (end[0] - start[0])
+    return ((1 - t) ** 2 * start[0] + 2 * (1 - t) * t * cx + t ** 2 * end[0],
+            (1 - t) ** 2 * start[1] + 2 * (1 - t) * t * cy + t ** 2 * end[1])
+
+
+def _overlap(a, b) -> float:
+    """Overlap area of two boxes ``(x0, y0, x1, y1)``."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def cell_figure(pairs: Sequence[Sequence[Any]], concat: Sequence[int], title: str,
+                out: str | os.PathLike) -> None:
+    """One cell drawn with matplotlib in the DARTS paper's style: columns by depth (inputs
+    ``c_{k-2}``, ``c_{k-1}`` left, ``c_{k}`` right), boxes in the paper's colours, each edge
+    labelled with its operation; the edges into ``c_{k}`` (the concatenation) are grey and
+    unlabelled.  Edges that skip a column bend around the boxes in it; labels are placed
+    along their edge where they overlap nothing."""
     plt = _plt()
-    lines = [title, ""]
-    for k, (op, j) in enumerate(pairs):
-        j = int(j)
-        src = "c_{k-2}" if j == 0 else "c_{k-1}" if j == 1 else f"node {j - 2}"
-        lines.append(f"node {k // 2}  <-  {op}({src})")
-    lines.append(f"c_k = concat(nodes {', '.join(str(int(c) - 2) for c in concat)})")
-    lines += ["", f"(graphviz 'dot' not found: install graphviz to draw {dot_path.name})"]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(lines) + 0.6))
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    rank, last = _cell_layout(pairs, concat)
+    sources: dict[str, list[str]] = {}
+    for k, (_, j) in enumerate(pairs):
+        sources.setdefault(str(k // 2), []).append(_input_name(int(j)))
+    for j in concat:
+        sources.setdefault("c_{k}", []).append(_input_name(int(j)))
+    dx, dy, bw, bh = 4.4, 1.7, 1.1, 0.6
+    pos: dict[str, tuple[float, float]] = {"c_{k-2}": (0.0, dy / 2), "c_{k-1}": (0.0, -dy / 2)}
+    for r in range(1, last + 1):
+        nodes = [n for n, v in rank.items() if v == r]
+        # barycentre of the inputs' heights (fewer crossings), ties in node order
+        nodes.sort(key=lambda n: (-sum(pos[s][1] for s in sources[n]) / len(sources[n]),
+                                  n != "c_{k}" and int(n) if n != "c_{k}" else 0))
+        for k, node in enumerate(nodes):
+            pos[node] = (r * dx, (len(nodes) - 1) / 2 * dy - k * dy)
+    boxes = {n: (x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2) for n, (x, y) in pos.items()}
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    xlim = (min(xs) - bw, max(xs) + bw)
+    ylim = (min(ys) - 1.2, max(ys) + 1.2)
+    width_in = 1.0 + 2.6 * (last + 1)
+    unit = width_in / (xlim[1] - xlim[0])  # inches per data unit (equal aspect)
+    fig, ax = plt.subplots(figsize=(width_in, 0.6 + unit * (ylim[1] - ylim[0])))
+    for node, (x, y) in pos.items():
+        kind = "input" if node.startswith("c_{k-") else "output" if node == "c_{k}" else "node"
+        ax.add_patch(FancyBboxPatch((x - bw / 2, y - bh / 2), bw, bh,
+                                    boxstyle="round,pad=0.02,rounding_size=0.08",
+                                    facecolor=CELL_COLOURS[kind], edgecolor="black",
+                                    linewidth=1.6, zorder=3))
+        text = f"${node}$" if node.startswith("c_") else node
+        ax.text(x, y, text, ha="center", va="center", fontsize=13, family="serif", zorder=4)
+
+    edges = [(_input_name(int(j)), str(k // 2), str(op)) for k, (op, j) in enumerate(pairs)]
+    edges += [(_input_name(int(j)), "c_{k}", None) for j in concat]
+    used: dict[tuple[str, str], set] = {}
+    drawn: list[tuple[float, float]] = []  # points of the edges drawn so far
+    multiplicity: dict[tuple[str, str], int] = {}
+    for src, dst, _ in edges:
+        multiplicity[(src, dst)] = multiplicity.get((src, dst), 0) + 1
+    labels: list[tuple] = []
+    char_w, text_h = 0.072 / unit, 0.2 / unit  # serif 8.5 pt, in data units
+    for src, dst, label in edges:
+        start = (pos[src][0] + bw / 2, pos[src][1])
+        end = (pos[dst][0] - bw / 2, pos[dst][1])
+        others = [b for n, b in boxes.items() if n not in (src, dst)]
+        best = None
+        candidates = (0.0, 0.12, -0.12, 0.25, -0.25, 0.4, -0.4, 0.55, -0.55)
+        if multiplicity[(src, dst)] > 1:  # two operations on one edge: bend them apart
+            sign = 1 if not used.get((src, dst)) else -1
+            candidates = tuple(sign * r for r in (0.15, 0.3, 0.45))
+        for rad in candidates:
+            if rad in used.get((src, dst), set()):
+                continue
+            pts = [_bezier(start, end, rad, t / 20) for t in range(1, 20)]
+            hits = sum(1 for px, py in pts for b in others
+                       if b[0] - 0.15 <= px <= b[2] + 0.15 and b[1] - 0.15 <= py <= b[3] + 0.15)
+            # running along an edge already drawn (not just crossing it) hides both
+            near = sum(1 for px, py in pts[2:-2] if any(
+                abs(px - qx) < 0.3 and abs(py - qy) < 0.18 for qx, qy in drawn))
+            score = 10 * hits + 0.5 * near + 10 * abs(rad)
+            if best is None or score < best[0]:
+                best = (score, rad, pts)
+        rad = best[1]
+        drawn.extend(best[2][2:-2])
+        used.setdefault((src, dst), set()).add(rad)
+        ax.add_patch(FancyArrowPatch(start, end, connectionstyle=f"arc3,rad={rad}",
+                                     arrowstyle="-|>", mutation_scale=14,
+                                     color="black" if label else "0.6", linewidth=1.3,
+                                     zorder=2 if label else 1, shrinkA=0, shrinkB=1))
+        if label:
+            w, h = char_w * len(label) + 0.12, text_h
+            choice = None
+            for t in (0.5, 0.42, 0.58, 0.34, 0.66, 0.27, 0.73, 0.2, 0.8):
+                px, py = _bezier(start, end, rad, t)
+                box = (px - w / 2, py - h / 2, px + w / 2, py + h / 2)
+                grown = (box[0] - 0.05, box[1] - 0.05, box[2] + 0.05, box[3] + 0.05)
+                cost = sum(_overlap(grown, b) for b in labels) + 10 * sum(
+                    _overlap(grown, b) for b in boxes.values())
+                if choice is None or cost < choice[0] - 1e-9:
+                    choice = (cost, px, py, box)
+                if cost == 0:
+                    break
+            _, px, py, box = choice
+            labels.append(box)
+            ax.text(px, py, label, ha="center", va="center", fontsize=8.5, family="serif",
+                    zorder=5, bbox=dict(boxstyle="round,pad=0.12", facecolor="white",
+                                        edgecolor="none", alpha=0.92))
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
     ax.axis("off")
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
-            transform=ax.transAxes)
+    ax.set_title(title, fontsize=12)
     _save(fig, out)
 
 
 def cell_figures(genotype: str | os.PathLike, normal_out: str | os.PathLike,
                  reduce_out: str | os.PathLike, normal_dot: str | os.PathLike | None = None,
-                 reduce_dot: str | os.PathLike | None = None) -> dict[str, bool]:
+                 reduce_dot: str | os.PathLike | None = None, *, name: str | None = None,
+                 engine: str = "matplotlib") -> dict[str, str]:
     """Draw the normal and the reduction cell of ``genotype`` (a genotype.json).
 
-    The graphviz sources go to ``*_dot`` (default: the PNG path with ``.dot``).  Returns
-    ``{"normal": rendered_with_graphviz, "reduce": ...}``; where the ``dot`` program is missing
-    the PNG is a text rendering and a warning is logged, so the workflow still completes."""
+    ``engine``: ``matplotlib`` (default, :func:`cell_figure`: no system program needed) or
+    ``graphviz`` (the ``dot`` program; where it is missing or fails, matplotlib, with an info
+    line).  The graphviz sources always go to ``*_dot`` (default: the PNG path with
+    ``.dot``).  Returns ``{"normal": engine used, "reduce": ...}``."""
+    if engine not in ("matplotlib", "graphviz"):
+        raise ValueError(f"cell_figures: engine must be 'matplotlib' or 'graphviz', got {engine!r}")
     doc = _read_json(genotype)
-    name = Path(genotype).parent.name
-    rendered = {}
+    name = name or dataset_name(genotype)
+    used = {}
     for cell, out, dot_out in (("normal", normal_out, normal_dot), ("reduce", reduce_out, reduce_dot)):
         out = Path(out)
         dot_path = Path(dot_out) if dot_out is not None else out.with_suffix(".dot")
         title = f"{name}: {'normal' if cell == 'normal' else 'reduction'} cell"
         pairs, concat = doc[cell], doc[f"{cell}_concat"]
         atomic_write_text(dot_path, cell_dot(pairs, concat, title))
-        ok = _render_dot(dot_path, out)
-        if not ok:
+        if engine == "graphviz":
+            if _render_dot(dot_path, out):
+                used[cell] = "graphviz"
+                continue
             if shutil.which("dot") is None:
-                log.warning("report: graphviz 'dot' not found; %s is a text rendering, the "
-                            "graph source is %s (install graphviz to draw it)", out, dot_path)
-            _text_cell_png(pairs, concat, title, dot_path, out)
-        rendered[cell] = ok
-    return rendered
+                log.info("report: graphviz 'dot' not found; %s drawn with matplotlib (the "
+                         "graph source is %s)", out, dot_path)
+        cell_figure(pairs, concat, title, out)
+        used[cell] = "matplotlib"
+    return used
 
 
 # -- test metrics -------------------------------------------------------------------------
 
 
-def test_figure(test_json: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """The test metrics: a table of every scalar, and per-class accuracy when present."""
-    plt = _plt()
+def _read_predictions(path: str | os.PathLike | None) -> list[dict] | None:
+    if path is None or not Path(path).is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    classes = bool(rows) and "target_name" in rows[0]
+    for r in rows:
+        for k in ("target", "prediction"):
+            r[k] = int(r[k]) if classes else float(r[k])
+    return rows
+
+
+def _class_names(doc: dict, card: dict | None, k: int) -> list[str]:
+    names = (card or {}).get("class_names") or (doc.get("data") or {}).get("class_names")
+    if isinstance(names, list) and len(names) == k:
+        return [str(n) for n in names]
+    by_name = (doc.get("metrics") or {}).get("per_class_accuracy_by_name")
+    if isinstance(by_name, dict) and len(by_name) == k:
+        return [str(n) for n in by_name]
+    return [str(i) for i in range(k)]
+
+
+def _confusion(rows: list[dict], k: int) -> list[list[int]]:
+    m = [[0] * k for _ in range(k)]
+    for r in rows:
+        t, p = int(r["target"]), int(r["prediction"])
+        if 0 <= t < k and 0 <= p < k:
+            m[t][p] += 1
+    return m
+
+
+def _load_test(test_json, predictions, card):
     doc = _read_json(test_json)
-    metrics = doc.get("metrics", doc)
-    scalars = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    rows = [(k, f"{v:.4g}") for k, v in scalars]
-    for key in ("num_samples", "num_parameters"):
-        if isinstance(doc.get(key), (int, float)):
-            rows.append((key, f"{doc[key]:,}"))
+    card_doc = _read_json(card) if card is not None and Path(card).is_file() else None
+    return doc, _read_predictions(predictions), card_doc
+
+
+def test_figure(test_json: str | os.PathLike, out: str | os.PathLike,
+                predictions: str | os.PathLike | None = None, *, name: str | None = None,
+                card: str | os.PathLike | None = None) -> Path:
+    """The test split in pictures.  Classification: per-class accuracy (bars, class names)
+    and the confusion matrix (rows: true class, columns: predicted; colour: share of the true
+    class, numbers: counts); regression: predicted against true values with the identity
+    line, and the residuals.  ``predictions``: the model card rule's ``test_predictions.csv``
+    (without it, only what ``test.json`` holds: the per-class accuracy)."""
+    plt = _plt()
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    doc, rows, card_doc = _load_test(test_json, predictions, card)
+    name = name or Path(test_json).parent.name
+    metrics = doc.get("metrics", {})
+    task = doc.get("task", "classification")
+    n = doc.get("num_samples")
+    if task == "regression":
+        fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.4))
+        r2 = metrics.get("r2")
+        title = (f"{name}: test split, R² {r2:.4f}" if isinstance(r2, (int, float))
+                 else f"{name}: test split") + (f" ({n} samples)" if n else "")
+        if rows:
+            y = np.array([r["target"] for r in rows], dtype=float)
+            p = np.array([r["prediction"] for r in rows], dtype=float)
+            ax = axes[0]
+            ax.scatter(y, p, s=10, alpha=0.6, color="tab:blue", edgecolors="none")
+            lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+            pad = 0.03 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "-", color="0.3", linewidth=1,
+                    label="predicted = true")
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_aspect("equal")
+            ax.set_xlabel("true value")
+            ax.set_ylabel("predicted value")
+            ax.legend(loc="upper left")
+            ax.grid(alpha=0.3)
+            ax.set_title("predicted against true")
+            ax = axes[1]
+            ax.hist(p - y, bins=min(40, max(5, len(y) // 5)), color="tab:gray")
+            ax.axvline(0, color="0.2", linewidth=1)
+            ax.set_xlabel("residual (predicted - true)")
+            ax.set_ylabel("samples")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            mae = metrics.get("mae")
+            ax.set_title("residuals" + (f" (MAE {mae:.4g})" if isinstance(mae, (int, float)) else ""))
+            ax.grid(alpha=0.3)
+        else:
+            for ax in axes:
+                ax.axis("off")
+            axes[0].text(0.5, 0.5, "no predictions file", ha="center", va="center")
+        fig.suptitle(title)
+        fig.tight_layout()
+        _save(fig, out)
+        return Path(out)
+
     per_class = metrics.get("per_class_accuracy")
-    has_bars = isinstance(per_class, list) and per_class
-    fig, axes = plt.subplots(1, 2 if has_bars else 1, figsize=(11 if has_bars else 5, 3.6),
-                             squeeze=False)
+    k = len(per_class) if isinstance(per_class, list) else int(
+        ((card_doc or {}).get("network") or {}).get("num_outputs") or 0)
+    names = _class_names(doc, card_doc, k)
+    top1 = metrics.get("top1")
+    title = (f"{name}: test split, top-1 {top1:.2f} %" if isinstance(top1, (int, float))
+             else f"{name}: test split") + (f" ({n} samples)" if n else "")
+    with_matrix = bool(rows) and k > 0
+    size = max(4.0, min(14.0, 0.45 * k + 2.5))
+    fig, axes = plt.subplots(1, 2 if with_matrix else 1, squeeze=False,
+                             figsize=((max(5.0, 0.35 * k + 2) + size) if with_matrix
+                                      else max(5.0, 0.35 * k + 2), size if with_matrix else 3.8),
+                             gridspec_kw={"width_ratios": [1, 1.25]} if with_matrix else None)
     ax = axes[0][0]
-    ax.axis("off")
-    table = ax.table(cellText=rows or [["-", "-"]], colLabels=["metric", "value"], loc="center",
-                     cellLoc="left")
-    table.scale(1, 1.4)
-    title = f"{doc.get('dataset', Path(test_json).parent.name)}: test split ({doc.get('task', '')})"
-    ax.set_title(title)
-    if has_bars:
-        ax = axes[0][1]
-        values = [v if isinstance(v, (int, float)) else 0.0 for v in per_class]
-        ax.bar(range(len(values)), values, color="tab:blue")
-        ax.set_xlabel("class")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
+    if isinstance(per_class, list) and per_class:
+        values = [v if isinstance(v, (int, float)) else float("nan") for v in per_class]
+        ax.bar(range(len(values)), [0 if math.isnan(v) else v for v in values], color="tab:blue")
+        for i, v in enumerate(values):
+            if math.isnan(v):
+                ax.text(i, 2, "no\nsamples", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(len(values)))
-        ax.set_title("per-class accuracy")
-        ax.grid(axis="y", alpha=0.3)
+        ax.set_xticklabels(names, rotation=90 if max(map(len, names)) > 3 else 0, fontsize=8)
+        if isinstance(top1, (int, float)):
+            ax.axhline(top1, color="tab:red", linewidth=1, linestyle="--",
+                       label=f"top-1 {top1:.2f} %")
+            ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("per-class accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    if with_matrix:
+        ax = axes[0][1]
+        m = np.array(_confusion(rows, k), dtype=float)
+        share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        if k <= 20:
+            for t in range(k):
+                for p in range(k):
+                    if m[t, p]:
+                        ax.text(p, t, f"{int(m[t, p])}", ha="center", va="center", fontsize=7,
+                                color="white" if share[t, p] > 0.5 else "black")
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_yticklabels(names, fontsize=7)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title("confusion matrix (counts; colour: share of the true class)")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title)
     fig.tight_layout()
     _save(fig, out)
     return Path(out)
 
 
 test_figure.__test__ = False  # not a pytest test despite the name
+
+
+_LABELS = {"top1": ("top-1 accuracy", "%"), "top5": ("top-5 accuracy", "%"),
+           "loss": ("loss (mean cross entropy)", ""), "r2": ("R²", ""),
+           "mse": ("mean squared error", ""), "mae": ("mean absolute error", "")}
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return (f"{value:.2f} %" if unit == "%" else f"{value:.4g}") if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def test_table(test_json: str | os.PathLike, out: str | os.PathLike,
+               predictions: str | os.PathLike | None = None, *, name: str | None = None,
+               card: str | os.PathLike | None = None) -> Path:
+    """The test metrics as an HTML page of tables: every metric of ``test.json`` (with the
+    number of samples and parameters and the genotype's source), per-class accuracy with class
+    names and sample counts, and the confusion matrix in counts (classification, up to 30
+    classes)."""
+    doc, rows, card_doc = _load_test(test_json, predictions, card)
+    name = name or Path(test_json).parent.name
+    metrics = doc.get("metrics", {})
+    esc = html.escape
+    parts = [f"<h3>{esc(name)}: test split ({esc(str(doc.get('task', '')))})</h3>",
+             "<table><thead><tr><th>metric</th><th>value</th></tr></thead><tbody>"]
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            label, unit = _LABELS.get(key, (key, ""))
+            parts.append(f"<tr><td>{esc(label)}</td><td class='num'>{esc(_fmt(value, unit))}</td></tr>")
+    source = (card_doc or {}).get("genotype_source") or doc.get("genotype_source")
+    for label, value in (("test samples", doc.get("num_samples")),
+                         ("parameters (without auxiliary head)", doc.get("num_parameters")),
+                         ("genotype", source)):
+        if value is not None:
+            parts.append(f"<tr><td>{esc(label)}</td><td class='num'>{esc(_fmt(value))}</td></tr>")
+    parts.append("</tbody></table>")
+    per_class = metrics.get("per_class_accuracy")
+    if isinstance(per_class, list) and per_class:
+        k = len(per_class)
+        names = _class_names(doc, card_doc, k)
+        counts = [0] * k
+        matrix = _confusion(rows, k) if rows else None
+        if rows:
+            for r in rows:
+                if 0 <= int(r["target"]) < k:
+                    counts[int(r["target"])] += 1
+        parts.append("<h4>per class</h4><table><thead><tr><th>class</th><th>name</th>"
+                     + ("<th>test samples</th><th>correct</th>" if rows else "")
+                     + "<th>accuracy</th></tr></thead><tbody>")
+        for i, acc in enumerate(per_class):
+            extra = (f"<td class='num'>{counts[i]}</td><td class='num'>{matrix[i][i]}</td>"
+                     if rows else "")
+            parts.append(f"<tr><td class='num'>{i}</td><td>{esc(names[i])}</td>{extra}"
+                         f"<td class='num'>{esc(_fmt(acc, '%') if acc is not None else 'no samples')}</td></tr>")
+        parts.append("</tbody></table>")
+        if matrix is not None and k <= 30:
+            parts.append("<h4>confusion matrix (rows: true class, columns: predicted; counts)"
+                         "</h4><table class='matrix'><thead><tr><th>true \\ predicted</th>"
+                         + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr></thead><tbody>")
+            for i, row in enumerate(matrix):
+                cells = "".join(
+                    f"<td class='num{' diag' if i == j else (' off' if v else '')}'>{v or ''}</td>"
+                    for j, v in enumerate(row))
+                parts.append(f"<tr><th>{esc(names[i])}</th>{cells}</tr>")
+            parts.append("</tbody></table>")
+    page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+            f"<title>{esc(name)}: test metrics</title><style>"
+            "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1em}"
+            "th,td{border-bottom:1px solid #ccc;padding:3px 9px;text-align:left}"
+            "td.num{text-align:right;font-variant-numeric:tabular-nums}"
+            "table.matrix td{min-width:2em}td.diag{background:#cfe3f5;font-weight:bold}"
+            "td.off{background:#fbe3d6}</style></head><body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")
+    atomic_write_text(Path(out), page)
+    return Path(out)
+
+
+test_table.__test__ = False

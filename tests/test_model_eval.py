@@ -100,8 +100,8 @@ def test_forward_shapes_with_auxiliary(shape):
     assert model.auxiliary_head.features[2].weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
-        logits, aux = model(x)
-    assert logits.shape == (2, 3) and aux is None
+        logits = model(x)  # inference: the logits tensor, no auxiliary head
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
 
 
 def test_padding_of_30x80_equals_explicit_padding():
@@ -111,8 +111,30 @@ def test_padding_of_30x80_equals_explicit_padding():
     padded = torch.zeros(2, 1, 32, 80)
     padded[:, :, 1:31] = x  # one zero row on top, one at the bottom
     with torch.no_grad():
-        torch.testing.assert_close(model(x)[0], model(padded)[0])
+        torch.testing.assert_close(model(x), model(padded))
 
+
+
+def test_inference_returns_a_tensor_that_traces_and_exports():
+    """Eval mode gives the logits tensor (training keeps ``(logits, aux)`` for the loss), so
+    torch.jit.trace and torch.export take the network as it is; ``logits`` works in both."""
+    torch.manual_seed(0)
+    model = EvalNetwork(get_genotype("DARTS_V2"), 1, num_outputs=3, auxiliary=True,
+                        drop_path_prob=0.2, **TINY)
+    x = torch.randn(2, 1, 8, 8)
+    logits, aux = model(x)
+    assert aux is not None and logits.shape == aux.shape == (2, 3)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(model.logits(x), ref, rtol=0, atol=0)
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(x), ref, rtol=0, atol=0)
+        torch.testing.assert_close(traced(x[:1]), ref[:1])  # another batch size
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), ref)
+    model.train()
+    assert isinstance(model(x), tuple) and not isinstance(model.logits(x), tuple)
 
 def test_auxiliary_head_matches_original_on_8x8():
     torch.manual_seed(0)
@@ -158,9 +180,9 @@ def test_drop_path_only_in_training():
     model.eval()
     with torch.no_grad():
         model.drop_path_prob = 0.0
-        ref_eval = model(x)[0]
+        ref_eval = model(x)
         model.drop_path_prob = 0.5
-        assert torch.equal(model(x)[0], ref_eval)
+        assert torch.equal(model(x), ref_eval)
 
 
 @pytest.mark.parametrize("name", list_genotypes())

@@ -335,7 +335,7 @@ def test_graphene_regression_end_to_end(tmp_path):
     xs, ys = zip(*[bundle.test[i] for i in range(len(bundle.test))])
     with torch.no_grad():  # batches of 7, as in the test stage (same kernels, same numbers)
         preds = torch.cat([net(torch.stack(xs[k:k + 7]).contiguous(
-            memory_format=torch.channels_last))[0] for k in range(0, len(xs), 7)])
+            memory_format=torch.channels_last)) for k in range(0, len(xs), 7)])
     y = torch.stack(ys).double().numpy()
     p = preds.squeeze(-1).double().numpy()
     assert result["num_samples"] == len(y) == 16

@@ -1,7 +1,5 @@
 """Snakemake adapter, rule report_cells: figures from nas_core.report."""
 
-
-
 from nas_core.jobs import log_to
 
 log_to(snakemake.log[0], snakemake.rule)
@@ -14,4 +12,5 @@ report.cell_figures(
     snakemake.output.reduce,
     snakemake.output.normal_dot,
     snakemake.output.reduce_dot,
+    name=snakemake.wildcards.dataset,
 )

@@ -1,6 +1,4 @@
-"""Snakemake adapter, rule report_search: figures from nas_core.report."""
-
-
+"""Snakemake adapter, rules report_search / report_search_seed: figures from nas_core.report."""
 
 from nas_core.jobs import log_to
 
@@ -14,4 +12,5 @@ report.search_figures(
     snakemake.output.normal,
     snakemake.output.reduce,
     alphas=snakemake.input.alphas,
+    name=snakemake.wildcards.dataset,
 )

@@ -1,6 +1,4 @@
-"""Snakemake adapter, rule report_test: figures from nas_core.report."""
-
-
+"""Snakemake adapter, rule report_test: the test split's figure and table (nas_core.report)."""
 
 from nas_core.jobs import log_to
 
@@ -8,4 +6,12 @@ log_to(snakemake.log[0], snakemake.rule)
 
 from nas_core import report  # noqa: E402
 
-report.test_figure(snakemake.input[0], snakemake.output[0])
+for draw, out in ((report.test_figure, snakemake.output.figure),
+                  (report.test_table, snakemake.output.table)):
+    draw(
+        snakemake.input.test,
+        out,
+        snakemake.input.predictions,
+        name=snakemake.wildcards.dataset,
+        card=snakemake.input.card,
+    )

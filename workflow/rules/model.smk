@@ -1,0 +1,48 @@
+# The trained model as something to use: results/{dataset}/model.json (the model card:
+# network, genotype, weights, preprocessing, class names; what nas_core.load_model reads) and
+# results/{dataset}/test_predictions.csv (each test sample's target and prediction, for the
+# report's confusion matrix or scatter plot). nas_core/inference.py shapes both files, so its
+# content is part of this rule's fingerprint param.
+
+
+# sha256 of nas_core/inference.py where nas_core is imported from (found without importing it:
+# that would start torch in the Snakemake process).
+NAS_CORE_INFERENCE_VERSION = _fingerprint(
+    [
+        (
+            "inference.py",
+            Path(list(importlib.util.find_spec("nas_core").submodule_search_locations)[0])
+            / "inference.py",
+        )
+    ]
+)
+
+
+rule model_card:
+    input:
+        data="resources/{dataset}/download.json",
+        test="results/{dataset}/test.json",
+        genotype="results/{dataset}/genotype.json",
+        model="results/{dataset}/train/model.pt",
+    output:
+        card="results/{dataset}/model.json",
+        predictions="results/{dataset}/test_predictions.csv",
+    params:
+        data=data_cfg,
+        train=stage_cfg("train"),
+        test=stage_cfg("test"),
+        root=data_root,
+        genotype_source=lambda wildcards: ds(wildcards).genotype_source,
+        nas_core=NAS_CORE_VERSION,
+        inference=NAS_CORE_INFERENCE_VERSION,
+    resources:
+        gpu=gpus("test"),
+    threads: 2
+    log:
+        "logs/{dataset}/model_card.log",
+    benchmark:
+        "benchmarks/{dataset}/model_card.tsv"
+    conda:
+        "../envs/nas.yaml"
+    script:
+        "../scripts/model_card.py"
