@@ -24,8 +24,8 @@ How it works:
 - ``count == 0`` means the CPU: ``CUDA_VISIBLE_DEVICES=""`` and an empty list.
 - Where a scheduler already gave the job its GPUs (Slurm, Kubernetes: ``CUDA_VISIBLE_DEVICES``
   lists exactly ``count`` devices), nothing is locked and the list is returned as is.
-- A machine without GPUs runs the job on the CPU (with a warning) whatever ``count`` asks, so
-  the same workflow runs on a laptop.
+- A machine without GPUs runs the job on the CPU whatever ``count`` asks (said once, at INFO),
+  so the same workflow runs on a laptop.
 
 Locks are per user by default; users who share GPUs set ``NAS_CORE_GPU_LOCK_DIR`` to one
 world-writable folder.
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 ENV_LOCK_DIR = "NAS_CORE_GPU_LOCK_DIR"
 ENV_FAKE_COUNT = "NAS_CORE_FAKE_GPU_COUNT"
+
+
+#: Whether this process already said that the machine has no GPU (said once, at INFO).
+_SAID_NO_GPU = False
 
 
 class GPUError(RuntimeError):
@@ -178,7 +182,10 @@ def acquire_gpus(
 
     pool = visible_gpus()
     if not pool:
-        log.warning("gpu: %d GPU(s) requested but this machine has none: running on the CPU", count)
+        global _SAID_NO_GPU
+        if not _SAID_NO_GPU:  # a normal state (a laptop), said once per process, not a problem
+            log.info("gpu: this machine has no GPU: running on the CPU")
+            _SAID_NO_GPU = True
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         try:
             yield []

@@ -1,8 +1,8 @@
 """One resolver of a dataset's effective configuration, used by the CLI and the workflow alike.
 
 A config document in the workflow's format (``config/config.yaml``) has shared top-level
-``search:`` / ``train:`` / ``test:`` / ``gpus:`` / ``genotype:`` blocks and one block per dataset
-under ``datasets.<name>``, whose sub-blocks override the shared ones key by key.
+``search:`` / ``train:`` / ``test:`` / ``select:`` / ``gpus:`` / ``genotype:`` blocks and one
+block per dataset under ``datasets.<name>``, whose sub-blocks override the shared ones key by key.
 :func:`resolve_dataset` layers them (then command-line overrides), checks the stage blocks with
 :mod:`nas_core.config`, and decides the dataset's data folder and genotype source, so that the
 same config gives the same files whether a stage runs from Snakemake or ``python -m nas_core``.
@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from nas_core.config import STAGES, ConfigError, merge, validate_stage_cfg
+from nas_core.config import STAGES, ConfigError, merge, search_seeds, validate_stage_cfg
 
 __all__ = ["DatasetConfig", "resolve_dataset", "data_root", "genotype_source_kind",
            "GPU_DEFAULTS", "GENOTYPE_DEFAULTS", "BLOCKS"]
 
-#: GPUs per job of each GPU stage (the workflow's ``gpus:`` block)
-GPU_DEFAULTS = {"search": 1, "train": 1, "test": 1}
+#: GPUs per job of each GPU stage (the workflow's ``gpus:`` block; ``select``: each candidate's
+#: selection training)
+GPU_DEFAULTS = {"search": 1, "train": 1, "test": 1, "select": 1}
 #: where the trained cell comes from (the workflow's ``genotype:`` block)
 GENOTYPE_DEFAULTS = {"source": "search"}
 #: the blocks of a dataset: its data block and the stage blocks
@@ -59,6 +60,7 @@ class DatasetConfig:
     search: dict
     train: dict
     test: dict
+    select: dict = field(default_factory=dict)
     gpus: dict = field(default_factory=lambda: dict(GPU_DEFAULTS))
     genotype: dict = field(default_factory=lambda: dict(GENOTYPE_DEFAULTS))
 
@@ -79,8 +81,26 @@ class DatasetConfig:
     def genotype_kind(self) -> str:
         return genotype_source_kind(self.genotype_source)
 
+    @property
+    def seeds(self) -> list[int]:
+        """The search seeds, ascending (``search.seeds``, or ``[search.seed]``; the order of
+        the list changes nothing); ``[]`` when the genotype does not come from a search."""
+        return sorted(search_seeds(self.search)) if self.genotype_kind == "search" else []
+
+    @property
+    def selects(self) -> bool:
+        """Whether the genotype is picked among several searches (more than one seed)."""
+        return len(self.seeds) > 1
+
+    def search_for_seed(self, seed: int) -> dict:
+        """The search block of one search job: ``seed`` set, ``seeds`` left out (so the list
+        can change without touching an unchanged seed's job)."""
+        out = {k: v for k, v in self.search.items() if k != "seeds"}
+        out["seed"] = int(seed)
+        return out
+
     def blocks(self) -> dict[str, dict]:
-        """``{"data", "search", "train", "test"}``."""
+        """``{"data", "search", "train", "test", "select"}``."""
         return {name: getattr(self, name) for name in BLOCKS}
 
 

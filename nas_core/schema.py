@@ -2,9 +2,9 @@
 
 The hand-written part is :data:`TEMPLATE` below (top level, ``gpus``, ``genotype``, the
 per-dataset block); every ``GENERATED`` in it is filled in by :func:`workflow_schema`: the
-``search``/``train``/``test`` keys from :data:`nas_core.config.SPECS`, the ``data`` block from the
-dataset registry (:mod:`nas_core.data`, each loader's ``Option`` table) and the shared ``source``
-block from :mod:`nas_core.data.options`.
+``search``/``train``/``test``/``select`` keys from :data:`nas_core.config.SPECS`, the ``data``
+block from the dataset registry (:mod:`nas_core.data`, each loader's ``Option`` table) and the
+shared ``source`` block from :mod:`nas_core.data.options`.
 
 Write the file, or check that it is up to date (exit status 1 and one line when it is stale)::
 
@@ -22,7 +22,8 @@ import yaml
 
 from nas_core import config as nas_config
 from nas_core.data import get_dataset, list_datasets
-from nas_core.data.options import REQUIRED, SHARED, block_schema, option_schema
+from nas_core.data.options import (REQUIRED, SHARED, block_schema, import_path_branch,
+                                   option_schema)
 
 __all__ = ["TEMPLATE", "DATASET_ORDER", "SCHEMA_FILE", "workflow_schema", "data_schema",
            "render", "main"]
@@ -40,12 +41,14 @@ GENERATED = "GENERATED"
 
 #: Datasets in this order first (the order of the ``name`` enum and its error message), then any
 #: other registered dataset, sorted.
-DATASET_ORDER = ("digits", "mnist", "fashion-mnist", "cifar-10", "graphene", "netcdf")
+DATASET_ORDER = ("digits", "mnist", "fashion-mnist", "cifar-10", "graphene", "netcdf",
+                 "image-folder")
 
 TEMPLATE = """\
 $schema: https://json-schema.org/draft/2020-12/schema
 description: Configuration of the DARTS workflow (config/config.yaml). Top-level
-  search/train/test/gpus/genotype are shared defaults; datasets.<name>.* override them key by key.
+  search/train/test/select/gpus/genotype are shared defaults; datasets.<name>.* override them key
+  by key.
 type: object
 additionalProperties: false
 required: [datasets]
@@ -59,6 +62,7 @@ properties:
   search: {$ref: '#/$defs/search', default: {}}
   train: {$ref: '#/$defs/train', default: {}}
   test: {$ref: '#/$defs/test', default: {}}
+  select: {$ref: '#/$defs/select', default: {}}
   gpus: {$ref: '#/$defs/gpus', default: {}}
   genotype: {$ref: '#/$defs/genotype', default: {}}
   datasets:
@@ -86,6 +90,15 @@ $defs:
     additionalProperties: false
     default: {}
     properties: GENERATED
+  select:
+    description: "selection among the search seeds (search.seeds with more than one seed): each
+      seed's cell trained from scratch briefly (run_train with these keys) on the training part,
+      scored on its held-out part; the best is genotype.json. Keys and defaults from
+      nas_core.config"
+    type: object
+    additionalProperties: false
+    default: {}
+    properties: GENERATED
   gpus:
     description: GPUs per job of each GPU stage (Snakemake resource 'gpu'; capped by
       --resources gpu=N; 0 = CPU)
@@ -96,6 +109,8 @@ $defs:
       search: {type: integer, minimum: 0, default: 1, description: GPUs of one search job}
       train: {type: integer, minimum: 0, default: 1, description: GPUs of one train job}
       test: {type: integer, minimum: 0, default: 1, description: GPUs of one test job}
+      select: {type: integer, minimum: 0, default: 1, description: GPUs of one selection
+          training job (one per search seed)}
   genotype:
     description: where the trained cell comes from
     type: object
@@ -116,8 +131,9 @@ $defs:
     required: [name]
     properties:
       name:
-        enum: GENERATED
-        description: registered dataset loader
+        type: string
+        description: "a registered dataset loader, or the import path of your own dataset class
+          or function, package.module:Attribute (nas_core.data.custom)"
     allOf: GENERATED
   source: GENERATED
   dataset:
@@ -130,6 +146,7 @@ $defs:
       search: {$ref: '#/$defs/search'}
       train: {$ref: '#/$defs/train'}
       test: {$ref: '#/$defs/test'}
+      select: {$ref: '#/$defs/select'}
       gpus: {$ref: '#/$defs/gpus'}
       genotype: {$ref: '#/$defs/genotype'}
 """
@@ -174,8 +191,9 @@ def workflow_schema() -> dict[str, Any]:
                 raise AssertionError(f"template: $defs.{stage}.{key} must be {value!r}")
         _fill(schema, ("$defs", stage, "properties"), generated["properties"])
     names = _dataset_names()
-    _fill(schema, ("$defs", "data", "properties", "name", "enum"), names)
-    _fill(schema, ("$defs", "data", "allOf"), [data_schema(n) for n in names])
+    # data.name: an import path (the user's own dataset, any keys), else a registered name
+    _fill(schema, ("$defs", "data", "allOf"),
+          [import_path_branch(names)] + [data_schema(n) for n in names])
     for name, option in SHARED.items():
         _fill(schema, ("$defs", name), block_schema(option))
     return schema

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nas_core import checkpoint as ck
-from nas_core.config import (SEARCH_DEFAULTS, SPECS, TEST_DEFAULTS, TRAIN_DEFAULTS, ConfigError,
-                             json_schema, merge, validate_stage_cfg)
+from nas_core.config import (SEARCH_DEFAULTS, SELECT_DEFAULTS, SPECS, TEST_DEFAULTS,
+                             TRAIN_DEFAULTS, ConfigError, json_schema, merge, validate_stage_cfg)
 
 
 # -- atomic writes ------------------------------------------------------------------------------
@@ -157,7 +157,8 @@ def test_defaults_are_the_papers():
                                                  for k, v in
                                                  {"search": SEARCH_DEFAULTS,
                                                   "train": TRAIN_DEFAULTS,
-                                                  "test": TEST_DEFAULTS}[stage].items()}
+                                                  "test": TEST_DEFAULTS,
+                                                  "select": SELECT_DEFAULTS}[stage].items()}
 
 
 @pytest.mark.parametrize("stage, cfg, match", [

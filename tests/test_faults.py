@@ -144,14 +144,14 @@ def test_workflow_job_with_a_nan_in_its_netcdf_ends_with_the_one_line_error(tmp_
                    "batch_size": 4, "num_workers": 0}}}}
     (wf / "bad.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(wf, "--cores", "1", "--configfile", "bad.yaml", "--",
-                     "results/bad/search/alphas.json")
+                     "results/bad/search/seed2/alphas.json")  # search.seed: 2
     out = proc.stdout
     line = ("rule search: error: netcdf: resources/bad/netcdf/cuts.nc variable 'fine_image' "
             "has 1 NaN/inf value(s)")
     assert proc.returncode == 1, out
     assert out.rstrip("\n").splitlines()[-1] == line, out
     assert "Traceback (most recent call last)" not in out, out
-    log = (wf / "logs" / "bad" / "search.log").read_text()
+    log = (wf / "logs" / "bad" / "search" / "seed2.log").read_text()
     assert "Traceback (most recent call last)" in log and "nas_core.data.base.DataError" in log
     assert log.rstrip("\n").splitlines()[-1] == line
 

@@ -108,8 +108,10 @@ def test_stage_blocks_are_nas_core_config():
 
 def test_data_block_is_the_registry():
     data = nas_schema.workflow_schema()["$defs"]["data"]
-    assert sorted(data["properties"]["name"]["enum"]) == registry.list_datasets()
-    branches = {b["if"]["properties"]["name"]["const"]: b["then"] for b in data["allOf"]}
+    import_path, *registered = data["allOf"]
+    assert sorted(import_path["else"]["properties"]["name"]["enum"]) == registry.list_datasets()
+    assert "pattern" in import_path["if"]["properties"]["name"]
+    branches = {b["if"]["properties"]["name"]["const"]: b["then"] for b in registered}
     assert sorted(branches) == registry.list_datasets()
     for name, then in branches.items():
         spec = registry.get_dataset(name)
@@ -162,7 +164,7 @@ def test_config_yaml_is_accepted_with_defaults_filled_in():
     assert isinstance(cfg, dict), cfg
     for stage in nas_config.STAGES:
         assert cfg[stage] == {**nas_config.defaults(stage), **raw.get(stage, {})}, stage
-    assert cfg["gpus"] == {"search": 1, "train": 1, "test": 1}
+    assert cfg["gpus"] == {"search": 1, "train": 1, "test": 1, "select": 1}
     assert cfg["genotype"] == {"source": "search"}
     assert cfg["targets"] == raw["targets"]
     assert check({"datasets": {"d": {"data": {"name": "digits"}}}})["targets"] == ["digits"]
@@ -179,8 +181,8 @@ REJECTED = [
     (_ds("digits", data={"name": "digits"}, train={"epochz": 3}),
      f"config: unknown key 'datasets.digits.train.epochz' (allowed: {_TRAIN_KEYS})"),
     ({"serch": {"epochs": 3}, "datasets": {"d": {"data": {"name": "digits"}}}},
-     "config: unknown key 'serch' (allowed: datasets, genotype, gpus, search, targets, test, "
-     "train)"),
+     "config: unknown key 'serch' (allowed: datasets, genotype, gpus, search, select, targets, "
+     "test, train)"),
     (_ds("digits", data={"name": "digits"}, search={"lr": "fast"}),
      "config: datasets.digits.search.lr: 'fast' is not of type 'number'"),
     (_ds("digits", data={"name": "digits"}, search={"order": 3}),
@@ -195,7 +197,9 @@ REJECTED = [
      "config: unknown key 'datasets.mnist.data.test_fraction' (allowed: crop_padding, name)"),
     (_ds("x", data={"name": "mnsit"}),
      "config: datasets.x.data.name: 'mnsit' is not one of ['digits', 'mnist', 'fashion-mnist', "
-     "'cifar-10', 'graphene', 'netcdf']"),
+     "'cifar-10', 'graphene', 'netcdf', 'image-folder']"),
+    (_ds("x", data={"name": "mypackage.data:SoilMoisture", "standardize": "yes"}),
+     "config: datasets.x.data.standardize: 'yes' is not of type 'boolean'"),
     (_ds("x", data={"seed": 3}), "config: datasets.x.data: 'name' is a required property"),
     (_ds("nc", data={"name": "netcdf", "path": "a.nc"}),
      "config: datasets.nc.data: 'image_var' is a required property"),
@@ -216,7 +220,7 @@ REJECTED = [
     (_ds("digits", train={"epochs": 3}),
      "config: datasets.digits: 'data' is a required property"),
     ({"gpus": {"serch": 1}, "datasets": {"d": {"data": {"name": "digits"}}}},
-     "config: unknown key 'gpus.serch' (allowed: search, test, train)"),
+     "config: unknown key 'gpus.serch' (allowed: search, select, test, train)"),
     ({"genotype": {"source": ""}, "datasets": {"d": {"data": {"name": "digits"}}}},
      "config: genotype.source: '' should be non-empty"),
 ]
@@ -237,6 +241,10 @@ def test_nested_blocks_accept_what_the_loaders_check():
     ]
     for data in ok:
         assert isinstance(check(_ds("nc", data=data)), dict), data
+    # a user's own dataset by import path: any key of its own, nas_core's keys typed
+    own = {"name": "mypackage.data:SoilMoisture", "path": "soil.nc", "var": "moisture",
+           "standardize": True, "test_split": {"fraction": 0.3}}
+    assert check(_ds("soil", data=own))["datasets"]["soil"]["data"] == own
     for source in (None, {"endpoint_url": "http://localhost:9000", "anonymous": True}):
         assert isinstance(check(_ds("graphene", data={"name": "graphene", "source": source})),
                           dict)

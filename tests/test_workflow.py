@@ -24,7 +24,9 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 CONFIG = ROOT / "config" / "config.yaml"
 CHAIN = ("download", "search", "genotype", "train", "test")
-COMPUTE = {"download", "search", "genotype", "train", "test"}
+# A dataset with several search seeds (mnist, ...: four) picks its cell among them.
+SELECT_CHAIN = ("download", "search", "seed_genotype", "select_train", "select", "train", "test")
+COMPUTE = {"download", "search", "genotype", "train", "test", "seed_genotype", "select_train", "select"}
 FIGURES = ("search_curves", "alphas_normal", "alphas_reduce", "cell_normal", "cell_reduce",
            "train_curves", "test_metrics")
 
@@ -36,7 +38,7 @@ TINY = {
         "digits": {
             "data": {"name": "digits"},
             "search": {"epochs": 2, "max_steps_per_epoch": 3, "layers": 3, "init_channels": 4,
-                       "batch_size": 32, "num_workers": 0},
+                       "batch_size": 32, "num_workers": 0, "seeds": None},  # one search: seed 2
             "train": {"epochs": 3, "layers": 3, "init_channels": 8, "batch_size": 64,
                       "num_workers": 0},
             "test": {"num_workers": 0},
@@ -138,7 +140,7 @@ def test_config_has_every_dataset_with_its_overrides():
     assert {"digits", "mnist", "fashion-mnist", "cifar-10", "graphene"} <= set(cfg["datasets"])
     assert cfg["targets"] == ["digits"]
     graphene = cfg["datasets"]["graphene"]
-    assert graphene["search"] == {"batch_size": 24}
+    assert graphene["search"] == {"seeds": [1, 2, 3, 4], "batch_size": 24}
     assert graphene["train"] == {"layers": 8, "lr": 0.01, "epochs": 200}
     assert cfg["datasets"]["cifar-10"]["train"] == {"auxiliary": True, "cutout": 16}
     for name, block in cfg["datasets"].items():
@@ -166,12 +168,12 @@ def test_dry_run_chains_every_stage(wf, dataset):
     proc = snakemake(wf, target, "-n", "--cores", "4", "--resources", "gpu=4")
     assert proc.returncode == 0, proc.output
     jobs = planned_jobs(proc.output)
-    assert {(rule, dataset) for rule in CHAIN} <= jobs, jobs
+    assert {(rule, dataset) for rule in SELECT_CHAIN} <= jobs, jobs
     assert {d for _, d in jobs} == {dataset}
     dag = snakemake(wf, "--dag", "dot", "--", target)
     assert dag.returncode == 0, dag.output
     edges = dag_edges(dag.stdout)
-    for upstream, downstream in zip(CHAIN, CHAIN[1:]):
+    for upstream, downstream in zip(SELECT_CHAIN, SELECT_CHAIN[1:]):
         assert (upstream, downstream) in edges, (upstream, downstream, edges)
     # Every stage that reads data waits for the download.
     assert {("download", "train"), ("download", "test")} <= edges
@@ -183,7 +185,7 @@ def test_dry_run_of_all_datasets_at_once(wf):
     assert proc.returncode == 0, proc.output
     jobs = planned_jobs(proc.output)
     for d in ("mnist", "fashion-mnist", "cifar-10", "graphene"):
-        assert {(rule, d) for rule in CHAIN} <= jobs
+        assert {(rule, d) for rule in SELECT_CHAIN} <= jobs
 
 
 def test_published_genotype_skips_the_search(wf, tmp_path):
@@ -269,10 +271,11 @@ def test_console_shows_each_epoch_with_its_eta(done):
         assert epochs and epochs[-1][0] == epochs[-1][1], (rule, console[-3000:])
         assert re.search(rf"rule {rule}: {rule} digits: epoch 1 of \d+", console), rule
         assert re.search(rf"rule {rule}: {rule} digits: \d+ epochs done in", console), rule
-        log = (done / "logs" / "digits" / f"{rule}.log").read_text()
+        log = (done / "logs" / "digits" / {"search": "search/seed2.log",
+                                             "train": "train.log"}[rule]).read_text()
         assert "ETA" in log and "\r" not in log and "step/s" not in log
     assert re.search(r"rule test: test on digits: top1 \d", console)
-    for stage in ("search", "train"):
+    for stage in ("search/seed2", "train"):
         rows = (done / "results" / "digits" / stage / "metrics.csv").read_text().splitlines()
         assert rows[0] == "epoch,lr,train_loss,train_top1,valid_loss,valid_top1,seconds"
         history = json.loads((done / "results" / "digits" / stage / "history.json").read_text())
@@ -294,7 +297,7 @@ def test_default_target_end_to_end(done):
     top1 = json.loads((done / "results/digits/test.json").read_text())["metrics"]["top1"]
     assert top1 > 50, top1
     for f in ("alphas.json", "supernet.pt", "history.json"):
-        assert (done / "results/digits/search" / f).stat().st_size > 0
+        assert (done / "results/digits/search/seed2" / f).stat().st_size > 0
     assert (done / "resources/digits/download.json").is_file()
     # The published genotype was trained as is: no search for digits-pub.
     assert not (done / "results/digits-pub/search").exists()
@@ -385,37 +388,49 @@ def test_editing_nas_core_reruns_the_compute_stages(done):
         source.write_text(original)
 
 
-# -- figures without graphviz -------------------------------------------------------------
+# -- the summary and the report ---------------------------------------------------------------
+# (the figures themselves, cells drawn without graphviz included: tests/test_report.py)
 
 
-def test_cells_degrade_to_text_without_graphviz(tmp_path, monkeypatch, caplog):
-    """Without the `dot` program the .dot sources are written, the PNG is a text rendering and
-    a warning says so: the workflow still completes."""
-    from nas_core import report
-    from nas_core.genotypes import get_genotype
+@pytest.mark.slow
+def test_summary_table_ends_the_console_output(done):
+    """The onsuccess handler prints every finished dataset's row last, and results/summary.tsv
+    holds the same rows (the values of test.json)."""
+    console = (done / "console.txt").read_text().rstrip().splitlines()
+    header = max(i for i, line in enumerate(console) if line.startswith("dataset "))
+    assert console[header - 1].startswith("Summary of the finished datasets"), console[-12:]
+    assert console[header].split() == ["dataset", "task", "test", "metric", "parameters",
+                                       "genotype", "time"]
+    table = console[header + 1:]
+    assert [line.split()[0] for line in table] == ["digits", "digits-pub"], console[-12:]
+    rows = (done / "results" / "summary.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:4] == ["dataset", "task", "metric", "value"]
+    for line, row in zip(table, rows[1:]):
+        cells = row.split("\t")
+        res = json.loads((done / "results" / cells[0] / "test.json").read_text())
+        assert float(cells[3]) == pytest.approx(res["metrics"]["top1"], rel=1e-5)
+        assert int(cells[5]) == res["num_parameters"]
+        assert f"top-1 {res['metrics']['top1']:.2f} %" in line
+        assert f"{res['num_parameters']:,}" in line
+    assert table[0].split()[-2] == "search" and table[1].split()[-2] == "DARTS_V2"
+    # the model card of each dataset, for nas_core.load_model
+    card = json.loads((done / "results" / "digits" / "model.json").read_text())
+    assert card["dataset"] == "digits" and card["preprocessing"]["input_size"] == [8, 8]
 
-    geno = tmp_path / "demo" / "genotype.json"
-    geno.parent.mkdir()
-    geno.write_text(json.dumps(get_genotype("DARTS_V2").to_dict()))
-    monkeypatch.setattr(report.shutil, "which", lambda name: None)
-    out = tmp_path / "figures"
-    with caplog.at_level("WARNING", logger="nas_core.report"):
-        rendered = report.cell_figures(geno, out / "n.png", out / "r.png", out / "n.dot", out / "r.dot")
-    assert rendered == {"normal": False, "reduce": False}
-    for name in ("n.png", "r.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "sep_conv_3x3" in (out / "n.dot").read_text()
-    assert "graphviz 'dot' not found" in caplog.text
 
-
-@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed")
-def test_cells_are_drawn_with_graphviz(tmp_path):
-    from nas_core import report
-    from nas_core.genotypes import get_genotype
-
-    geno = tmp_path / "demo" / "genotype.json"
-    geno.parent.mkdir()
-    geno.write_text(json.dumps(get_genotype("DARTS_V2").to_dict()))
-    out = tmp_path / "figures"
-    assert report.cell_figures(geno, out / "n.png", out / "r.png") == {"normal": True, "reduce": True}
-    assert (out / "n.dot").is_file() and (out / "n.png").stat().st_size > 1000
+@pytest.mark.slow
+def test_report_opens_with_the_summary_and_labels_its_results(done):
+    proc = snakemake(done, "--configfile", "tiny.yaml", "--report", "report_labels.html")
+    assert proc.returncode == 0, proc.output[-4000:]
+    html = (done / "report_labels.html").read_text(errors="replace")
+    # The landing page shows the workflow description: it holds the summary table.
+    desc = json.loads(re.search(r'workflow_desc = (".*?");\n', html, re.S).group(1))
+    assert '<table class="nas-summary">' in desc
+    assert desc.index("<td>digits</td>") < desc.index("<td>digits-pub</td>")
+    results = json.loads(re.search(r"results = (\{.*?\});\n", html, re.S).group(1))
+    labels = {path: entry["labels"] for path, entry in results.items()}
+    assert labels["results/digits-pub/figures/cell_reduce.png"] == {
+        "dataset": "digits-pub", "figure": "cell", "cell": "reduction"}
+    assert labels["results/digits/figures/test_metrics.html"]["view"] == "metrics table"
+    assert results["results/digits/figures/test_metrics.html"]["mime_type"] == "text/html"
+    assert labels["results/summary.html"]["figure"] == "summary table"

@@ -1,5 +1,7 @@
 # The discrete cell: derived from the search's alphas, or (genotype.source in config) a
 # published genotype or a genotype/legacy file, in which case no search runs for the dataset.
+# With several search seeds, each seed's cell is derived here (seed_genotype) and rule select
+# (select.smk) writes results/{dataset}/genotype.json instead of rule genotype.
 
 
 rule genotype:
@@ -7,6 +9,8 @@ rule genotype:
         genotype_input,
     output:
         "results/{dataset}/genotype.json",
+    wildcard_constraints:
+        dataset=NOT_SELECTING,
     params:
         source=genotype_param,
         nas_core=NAS_CORE_VERSION,
@@ -14,6 +18,26 @@ rule genotype:
         "logs/{dataset}/genotype.log",
     benchmark:
         "benchmarks/{dataset}/genotype.tsv"
+    conda:
+        "../envs/nas.yaml"
+    script:
+        "../scripts/genotype.py"
+
+
+rule seed_genotype:
+    input:
+        "results/{dataset}/search/seed{seed}/alphas.json",
+    output:
+        "results/{dataset}/search/seed{seed}/genotype.json",
+    wildcard_constraints:
+        seed=SEED,
+    params:
+        source=lambda wildcards, input: input[0],
+        nas_core=NAS_CORE_VERSION,
+    log:
+        "logs/{dataset}/search/seed{seed}_genotype.log",
+    benchmark:
+        "benchmarks/{dataset}/search/seed{seed}_genotype.tsv"
     conda:
         "../envs/nas.yaml"
     script:

@@ -1,26 +1,31 @@
-# DARTS search: the supernet's weights and alphas. Checkpoints in search/checkpoints/ (not
-# outputs) let an interrupted search resume when the job is rerun.
+# DARTS search: the supernet's weights and alphas, one job per search seed (search.seeds; null:
+# [search.seed]) in results/{dataset}/search/seed{seed}/, each a GPU job of its own: with
+# --resources gpu=4 four seeds search at once, each on its own device. Checkpoints in
+# search/seed{seed}/checkpoints/ (not outputs) let an interrupted search resume when rerun.
 
 
 rule search:
     input:
         "resources/{dataset}/download.json",
     output:
-        alphas="results/{dataset}/search/alphas.json",
-        supernet="results/{dataset}/search/supernet.pt",
-        history="results/{dataset}/search/history.json",
+        alphas="results/{dataset}/search/seed{seed}/alphas.json",
+        supernet="results/{dataset}/search/seed{seed}/supernet.pt",
+        history="results/{dataset}/search/seed{seed}/history.json",
+        timings="results/{dataset}/search/seed{seed}/timings.json",
+    wildcard_constraints:
+        seed=SEED,
     params:
         data=data_cfg,
-        search=stage_cfg("search"),
+        search=search_cfg,
         root=data_root,
         nas_core=NAS_CORE_VERSION,
     resources:
         gpu=gpus("search"),
-    threads: 4
+    threads: gpu_threads("search", 4)
     log:
-        "logs/{dataset}/search.log",
+        "logs/{dataset}/search/seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/search.tsv"
+        "benchmarks/{dataset}/search/seed{seed}.tsv"
     conda:
         "../envs/nas.yaml"
     script:

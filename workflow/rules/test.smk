@@ -16,7 +16,7 @@ rule test:
         nas_core=NAS_CORE_VERSION,
     resources:
         gpu=gpus("test"),
-    threads: 2
+    threads: gpu_threads("test", 2)
     log:
         "logs/{dataset}/test.log",
     benchmark:

@@ -15,7 +15,7 @@ rule train:
         nas_core=NAS_CORE_VERSION,
     resources:
         gpu=gpus("train"),
-    threads: 4
+    threads: gpu_threads("train", 4)
     log:
         "logs/{dataset}/train.log",
     benchmark:
