@@ -50,5 +50,6 @@ onsuccess:
     from nas_core.summary import print_summary_at_exit
 
     print_summary_at_exit(
-        "results", {name: dataset.genotype_source for name, dataset in DATASETS.items()}
+        "results",
+        {name: dataset.genotype_source for name, dataset in DATASETS.items()},
     )

@@ -161,6 +161,14 @@ def test_lint_is_clean(wf):
     assert "Congratulations" in proc.output, proc.output
 
 
+def test_workflow_files_are_snakefmt_clean():
+    """The Snakefile and workflow/ as `snakefmt` formats them (the snakemake-workflows rule)."""
+    snakefmt = pytest.importorskip("snakefmt")
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (snakefmt.__name__, proc.stdout + proc.stderr)
+
+
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar-10", "graphene"])
 def test_dry_run_chains_every_stage(wf, dataset):
     target = f"results/{dataset}/test.json"

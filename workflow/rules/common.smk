@@ -74,11 +74,21 @@ def _library_fingerprints() -> tuple[str, str]:
     if spec is None or not spec.submodule_search_locations:
         raise WorkflowError("nas_core is not importable: pip install -e . first")
     root = Path(list(spec.submodule_search_locations)[0])
-    files = [(p.relative_to(root).as_posix(), p) for p in root.rglob("*.py")
-             if "__pycache__" not in p.parts]
+    files = [
+        (p.relative_to(root).as_posix(), p)
+        for p in root.rglob("*.py")
+        if "__pycache__" not in p.parts
+    ]
     report_modules = {"report.py", "report_selection.py"}
-    no_effect = {"gpu.py", "jobs.py", "cli.py", "__main__.py", "schema.py", "summary.py",
-                 "inference.py"} | report_modules
+    no_effect = {
+        "gpu.py",
+        "jobs.py",
+        "cli.py",
+        "__main__.py",
+        "schema.py",
+        "summary.py",
+        "inference.py",
+    } | report_modules
     compute = [f for f in files if f[0] not in no_effect]
     report_files = [f for f in files if f[0] in report_modules]
     return _fingerprint(compute), _fingerprint(report_files)
@@ -215,7 +225,8 @@ def single_search(file: str):
         if len(seeds) != 1:
             raise WorkflowError(
                 f"dataset '{wildcards.dataset}' has {len(seeds)} search seeds: its search "
-                f"figures are results/{wildcards.dataset}/figures/seed{{seed}}/")
+                f"figures are results/{wildcards.dataset}/figures/seed{{seed}}/"
+            )
         return search_file(wildcards.dataset, seeds[0], file)
 
     return one
@@ -223,8 +234,10 @@ def single_search(file: str):
 
 def per_seed(pattern: str):
     """input function: ``pattern`` (with {dataset} and {seed}) for every search seed."""
-    return lambda wildcards: [pattern.format(dataset=wildcards.dataset, seed=seed)
-                              for seed in search_seeds(wildcards.dataset)]
+    return lambda wildcards: [
+        pattern.format(dataset=wildcards.dataset, seed=seed)
+        for seed in search_seeds(wildcards.dataset)
+    ]
 
 
 def genotype_input(wildcards) -> list:
@@ -250,15 +263,20 @@ def figures(name: str) -> list[str]:
     out = []
     search = ("search_curves.png", "alphas_normal.png", "alphas_reduce.png")
     if selects(name):
-        out += [f"results/{name}/figures/seed{seed}/{f}"
-                for seed in search_seeds(name) for f in search]
+        out += [
+            f"results/{name}/figures/seed{seed}/{f}"
+            for seed in search_seeds(name)
+            for f in search
+        ]
         out += [f"results/{name}/figures/selection.png"]
     elif uses_search(name):
         out += [f"results/{name}/figures/{f}" for f in search]
-    out += [f"results/{name}/figures/cell_normal.png",
-            f"results/{name}/figures/cell_reduce.png",
-            f"results/{name}/figures/train_curves.png",
-            f"results/{name}/figures/test_metrics.png"]
+    out += [
+        f"results/{name}/figures/cell_normal.png",
+        f"results/{name}/figures/cell_reduce.png",
+        f"results/{name}/figures/train_curves.png",
+        f"results/{name}/figures/test_metrics.png",
+    ]
     return out
 
 
@@ -272,7 +290,9 @@ def check_genotype_sources() -> None:
     for name, dataset in DATASETS.items():
         source, kind = dataset.genotype_source, dataset.genotype_kind
         if kind == "file" and not Path(source).is_file():
-            raise WorkflowError(f"config: datasets.{name}.genotype.source: no file {source}")
+            raise WorkflowError(
+                f"config: datasets.{name}.genotype.source: no file {source}"
+            )
         if kind == "name":
             if names is None:
                 from nas_core.genotypes import list_genotypes
@@ -281,7 +301,8 @@ def check_genotype_sources() -> None:
             if source not in names:
                 raise WorkflowError(
                     f"config: datasets.{name}.genotype.source: unknown genotype {source!r}; "
-                    f"'search', a file path or one of: {', '.join(names)}")
+                    f"'search', a file path or one of: {', '.join(names)}"
+                )
 
 
 check_genotype_sources()
@@ -314,7 +335,8 @@ def local_data(name: str) -> list:
         for entry in entries:
             if not entry.exists:
                 raise WorkflowError(
-                    f"config: datasets.{name}.data.{entry.key}: {describe_missing(entry)}")
+                    f"config: datasets.{name}.data.{entry.key}: {describe_missing(entry)}"
+                )
         _LOCAL_DATA[name] = entries
     return _LOCAL_DATA[name]
 

@@ -11,16 +11,16 @@ rule download:
         local_data_input,
     output:
         "resources/{dataset}/download.json",
-    params:
-        data=data_cfg,
-        root=data_root,
-        content=local_data_content,
     log:
         "logs/{dataset}/download.log",
     benchmark:
         "benchmarks/{dataset}/download.tsv"
     conda:
         "../envs/nas.yaml"
+    params:
+        data=data_cfg,
+        root=data_root,
+        content=local_data_content,
     script:
         "../scripts/download.py"
 
@@ -33,12 +33,12 @@ rule unknown_dataset:
         refuse_unknown_dataset,
     output:
         "{top}/{unknown}/{path}",
+    log:
+        "logs/unknown_dataset/{top}/{unknown}/{path}.log",
     wildcard_constraints:
         top="results|resources|logs|benchmarks",
         unknown=f"(?!(?:{_KNOWN})/)[^/]+",
         path=".+",
-    log:
-        "logs/unknown_dataset/{top}/{unknown}/{path}.log",
     conda:
         "../envs/nas.yaml"
     shell:

@@ -9,17 +9,17 @@ rule genotype:
         genotype_input,
     output:
         "results/{dataset}/genotype.json",
-    wildcard_constraints:
-        dataset=NOT_SELECTING,
-    params:
-        source=genotype_param,
-        nas_core=NAS_CORE_VERSION,
     log:
         "logs/{dataset}/genotype.log",
     benchmark:
         "benchmarks/{dataset}/genotype.tsv"
+    wildcard_constraints:
+        dataset=NOT_SELECTING,
     conda:
         "../envs/nas.yaml"
+    params:
+        source=genotype_param,
+        nas_core=NAS_CORE_VERSION,
     script:
         "../scripts/genotype.py"
 
@@ -29,16 +29,16 @@ rule seed_genotype:
         "results/{dataset}/search/seed{seed}/alphas.json",
     output:
         "results/{dataset}/search/seed{seed}/genotype.json",
-    wildcard_constraints:
-        seed=SEED,
-    params:
-        source=lambda wildcards, input: input[0],
-        nas_core=NAS_CORE_VERSION,
     log:
         "logs/{dataset}/search/seed{seed}_genotype.log",
     benchmark:
         "benchmarks/{dataset}/search/seed{seed}_genotype.tsv"
+    wildcard_constraints:
+        seed=SEED,
     conda:
         "../envs/nas.yaml"
+    params:
+        source=lambda wildcards, input: input[0],
+        nas_core=NAS_CORE_VERSION,
     script:
         "../scripts/genotype.py"

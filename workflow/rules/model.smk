@@ -11,7 +11,9 @@ NAS_CORE_INFERENCE_VERSION = _fingerprint(
     [
         (
             "inference.py",
-            Path(list(importlib.util.find_spec("nas_core").submodule_search_locations)[0])
+            Path(
+                list(importlib.util.find_spec("nas_core").submodule_search_locations)[0]
+            )
             / "inference.py",
         )
     ]
@@ -27,6 +29,15 @@ rule model_card:
     output:
         card="results/{dataset}/model.json",
         predictions="results/{dataset}/test_predictions.csv",
+    log:
+        "logs/{dataset}/model_card.log",
+    benchmark:
+        "benchmarks/{dataset}/model_card.tsv"
+    conda:
+        "../envs/nas.yaml"
+    threads: 2
+    resources:
+        gpu=gpus("test"),
     params:
         data=data_cfg,
         train=stage_cfg("train"),
@@ -35,14 +46,5 @@ rule model_card:
         genotype_source=lambda wildcards: ds(wildcards).genotype_source,
         nas_core=NAS_CORE_VERSION,
         inference=NAS_CORE_INFERENCE_VERSION,
-    resources:
-        gpu=gpus("test"),
-    threads: 2
-    log:
-        "logs/{dataset}/model_card.log",
-    benchmark:
-        "benchmarks/{dataset}/model_card.tsv"
-    conda:
-        "../envs/nas.yaml"
     script:
         "../scripts/model_card.py"

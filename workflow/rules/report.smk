@@ -19,23 +19,31 @@ rule report_search:
             caption="../report/alphas.rst",
             category="{dataset}",
             subcategory="1 search",
-            labels={"dataset": "{dataset}", "figure": "alpha weights", "cell": "normal"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "alpha weights",
+                "cell": "normal",
+            },
         ),
         reduce=report(
             "results/{dataset}/figures/alphas_reduce.png",
             caption="../report/alphas.rst",
             category="{dataset}",
             subcategory="1 search",
-            labels={"dataset": "{dataset}", "figure": "alpha weights", "cell": "reduction"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "alpha weights",
+                "cell": "reduction",
+            },
         ),
-    params:
-        nas_core=NAS_CORE_REPORT_VERSION,
     log:
         "logs/{dataset}/report_search.log",
     benchmark:
         "benchmarks/{dataset}/report_search.tsv"
     conda:
         "../envs/nas.yaml"
+    params:
+        nas_core=NAS_CORE_REPORT_VERSION,
     script:
         "../scripts/report_search.py"
 
@@ -60,14 +68,14 @@ rule report_cells:
         ),
         normal_dot="results/{dataset}/figures/cell_normal.dot",
         reduce_dot="results/{dataset}/figures/cell_reduce.dot",
-    params:
-        nas_core=NAS_CORE_REPORT_VERSION,
     log:
         "logs/{dataset}/report_cells.log",
     benchmark:
         "benchmarks/{dataset}/report_cells.tsv"
     conda:
         "../envs/nas.yaml"
+    params:
+        nas_core=NAS_CORE_REPORT_VERSION,
     script:
         "../scripts/report_cells.py"
 
@@ -83,14 +91,14 @@ rule report_train:
             subcategory="3 training",
             labels={"dataset": "{dataset}", "figure": "training curves"},
         ),
-    params:
-        nas_core=NAS_CORE_REPORT_VERSION,
     log:
         "logs/{dataset}/report_train.log",
     benchmark:
         "benchmarks/{dataset}/report_train.tsv"
     conda:
         "../envs/nas.yaml"
+    params:
+        nas_core=NAS_CORE_REPORT_VERSION,
     script:
         "../scripts/report_train.py"
 
@@ -106,7 +114,11 @@ rule report_test:
             caption="../report/test_table.rst",
             category="{dataset}",
             subcategory="4 test",
-            labels={"dataset": "{dataset}", "figure": "test metrics", "view": "metrics table"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "test metrics",
+                "view": "metrics table",
+            },
         ),
         figure=report(
             "results/{dataset}/figures/test_metrics.png",
@@ -115,14 +127,14 @@ rule report_test:
             subcategory="4 test",
             labels={"dataset": "{dataset}", "figure": "test metrics", "view": "plots"},
         ),
-    params:
-        nas_core=NAS_CORE_REPORT_VERSION,
     log:
         "logs/{dataset}/report_test.log",
     benchmark:
         "benchmarks/{dataset}/report_test.tsv"
     conda:
         "../envs/nas.yaml"
+    params:
+        nas_core=NAS_CORE_REPORT_VERSION,
     script:
         "../scripts/report_test.py"
 
@@ -140,13 +152,13 @@ rule report_summary:
             category="Summary",
             labels={"dataset": "all", "figure": "summary table"},
         ),
+    log:
+        "logs/report_summary.log",
+    localrule: True
+    conda:
+        "../envs/nas.yaml"
     params:
         results=lambda wildcards, output: str(Path(output.tsv).parent),
         sources={name: dataset.genotype_source for name, dataset in DATASETS.items()},
-    localrule: True
-    log:
-        "logs/report_summary.log",
-    conda:
-        "../envs/nas.yaml"
     script:
         "../scripts/report_summary.py"

@@ -12,21 +12,21 @@ rule search:
         supernet="results/{dataset}/search/seed{seed}/supernet.pt",
         history="results/{dataset}/search/seed{seed}/history.json",
         timings="results/{dataset}/search/seed{seed}/timings.json",
+    log:
+        "logs/{dataset}/search/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/search/seed{seed}.tsv"
     wildcard_constraints:
         seed=SEED,
+    conda:
+        "../envs/nas.yaml"
+    threads: gpu_threads("search", 4)
+    resources:
+        gpu=gpus("search"),
     params:
         data=data_cfg,
         search=search_cfg,
         root=data_root,
         nas_core=NAS_CORE_VERSION,
-    resources:
-        gpu=gpus("search"),
-    threads: gpu_threads("search", 4)
-    log:
-        "logs/{dataset}/search/seed{seed}.log",
-    benchmark:
-        "benchmarks/{dataset}/search/seed{seed}.tsv"
-    conda:
-        "../envs/nas.yaml"
     script:
         "../scripts/search.py"

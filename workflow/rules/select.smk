@@ -13,22 +13,22 @@ rule select_train:
         model="results/{dataset}/select/seed{seed}/model.pt",
         history="results/{dataset}/select/seed{seed}/history.json",
         timings="results/{dataset}/select/seed{seed}/timings.json",
+    log:
+        "logs/{dataset}/select/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/select/seed{seed}.tsv"
     wildcard_constraints:
         seed=SEED,
+    conda:
+        "../envs/nas.yaml"
+    threads: gpu_threads("select", 4)
+    resources:
+        gpu=gpus("select"),
     params:
         data=data_cfg,
         select=stage_cfg("select"),
         root=data_root,
         nas_core=NAS_CORE_VERSION,
-    resources:
-        gpu=gpus("select"),
-    threads: gpu_threads("select", 4)
-    log:
-        "logs/{dataset}/select/seed{seed}.log",
-    benchmark:
-        "benchmarks/{dataset}/select/seed{seed}.tsv"
-    conda:
-        "../envs/nas.yaml"
     script:
         "../scripts/select_train.py"
 
@@ -42,17 +42,17 @@ rule select:
     output:
         selection="results/{dataset}/selection.json",
         genotype="results/{dataset}/genotype.json",
-    wildcard_constraints:
-        dataset=SELECTING,
-    params:
-        seeds=lambda wildcards: search_seeds(wildcards.dataset),
-        select=stage_cfg("select"),
-        nas_core=NAS_CORE_VERSION,
     log:
         "logs/{dataset}/select.log",
     benchmark:
         "benchmarks/{dataset}/select.tsv"
+    wildcard_constraints:
+        dataset=SELECTING,
     conda:
         "../envs/nas.yaml"
+    params:
+        seeds=lambda wildcards: search_seeds(wildcards.dataset),
+        select=stage_cfg("select"),
+        nas_core=NAS_CORE_VERSION,
     script:
         "../scripts/select.py"

@@ -13,34 +13,44 @@ rule report_search_seed:
             caption="../report/search_curves.rst",
             category="{dataset}",
             subcategory="1 search (seed {seed})",
-            labels={"dataset": "{dataset}", "figure": "search curves (seed {seed})", "cell": "-"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "search curves (seed {seed})",
+                "cell": "-",
+            },
         ),
         normal=report(
             "results/{dataset}/figures/seed{seed}/alphas_normal.png",
             caption="../report/alphas.rst",
             category="{dataset}",
             subcategory="1 search (seed {seed})",
-            labels={"dataset": "{dataset}", "figure": "alpha weights (seed {seed})",
-                    "cell": "normal"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "alpha weights (seed {seed})",
+                "cell": "normal",
+            },
         ),
         reduce=report(
             "results/{dataset}/figures/seed{seed}/alphas_reduce.png",
             caption="../report/alphas.rst",
             category="{dataset}",
             subcategory="1 search (seed {seed})",
-            labels={"dataset": "{dataset}", "figure": "alpha weights (seed {seed})",
-                    "cell": "reduction"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "alpha weights (seed {seed})",
+                "cell": "reduction",
+            },
         ),
-    wildcard_constraints:
-        seed=SEED,
-    params:
-        nas_core=NAS_CORE_REPORT_VERSION,
     log:
         "logs/{dataset}/report_search/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/report_search/seed{seed}.tsv"
+    wildcard_constraints:
+        seed=SEED,
     conda:
         "../envs/nas.yaml"
+    params:
+        nas_core=NAS_CORE_REPORT_VERSION,
     script:
         "../scripts/report_search.py"
 
@@ -56,13 +66,13 @@ rule report_selection:
             subcategory="2 genotype",
             labels={"dataset": "{dataset}", "figure": "selection", "cell": "-"},
         ),
-    params:
-        nas_core=NAS_CORE_REPORT_VERSION,
     log:
         "logs/{dataset}/report_selection.log",
     benchmark:
         "benchmarks/{dataset}/report_selection.tsv"
     conda:
         "../envs/nas.yaml"
+    params:
+        nas_core=NAS_CORE_REPORT_VERSION,
     script:
         "../scripts/report_selection.py"

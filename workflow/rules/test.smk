@@ -8,20 +8,20 @@ rule test:
         model="results/{dataset}/train/model.pt",
     output:
         "results/{dataset}/test.json",
-    params:
-        data=data_cfg,
-        train=stage_cfg("train"),
-        test=stage_cfg("test"),
-        root=data_root,
-        nas_core=NAS_CORE_VERSION,
-    resources:
-        gpu=gpus("test"),
-    threads: gpu_threads("test", 2)
     log:
         "logs/{dataset}/test.log",
     benchmark:
         "benchmarks/{dataset}/test.tsv"
     conda:
         "../envs/nas.yaml"
+    threads: gpu_threads("test", 2)
+    resources:
+        gpu=gpus("test"),
+    params:
+        data=data_cfg,
+        train=stage_cfg("train"),
+        test=stage_cfg("test"),
+        root=data_root,
+        nas_core=NAS_CORE_VERSION,
     script:
         "../scripts/test.py"

@@ -8,19 +8,19 @@ rule train:
     output:
         model="results/{dataset}/train/model.pt",
         history="results/{dataset}/train/history.json",
-    params:
-        data=data_cfg,
-        train=stage_cfg("train"),
-        root=data_root,
-        nas_core=NAS_CORE_VERSION,
-    resources:
-        gpu=gpus("train"),
-    threads: gpu_threads("train", 4)
     log:
         "logs/{dataset}/train.log",
     benchmark:
         "benchmarks/{dataset}/train.tsv"
     conda:
         "../envs/nas.yaml"
+    threads: gpu_threads("train", 4)
+    resources:
+        gpu=gpus("train"),
+    params:
+        data=data_cfg,
+        train=stage_cfg("train"),
+        root=data_root,
+        nas_core=NAS_CORE_VERSION,
     script:
         "../scripts/train.py"
