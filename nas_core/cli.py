@@ -22,7 +22,7 @@ import yaml
 
 from nas_core import __version__
 from nas_core.checkpoint import dumps_json
-from nas_core.config import STAGES, ConfigError, describe
+from nas_core.config import SEARCH_DEFAULTS, STAGES, ConfigError, describe
 from nas_core.data import download_data
 from nas_core.distributed import slurm_env
 from nas_core.errors import is_known, one_line
@@ -72,8 +72,8 @@ def _parse_set(items: Sequence[str], default_stage: str | None) -> dict[str, dic
         else:
             raise CliError(f"--set {item!r}: give the block, e.g. data.{key}=...")
         if block not in ("data",) + STAGES or not name:
-            raise CliError(f"--set {item!r}: the key must start with data., search., train. "
-                           f"or test.")
+            raise CliError(f"--set {item!r}: the key must start with data., "
+                           f"{', '.join(b + '.' for b in STAGES)}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
@@ -114,6 +114,17 @@ def _resolve(config: str | None, dataset: str | None, sets: Sequence[str],
     except ConfigError as exc:
         where = f"config file {config}: " if config else ""
         raise CliError(f"{where}{exc}") from None
+
+
+def _searched_alphas(base: Path) -> str:
+    """The one search's ``alphas.json`` under ``base/search/seed*/`` (the workflow's layout)."""
+    found = sorted(str(p) for p in base.glob("search/seed*/alphas.json"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CliError(f"no search results under {base}/search/seed*/: give SOURCE")
+    raise CliError(f"several searches under {base}/search/ ({', '.join(found)}): give SOURCE "
+                   f"(the workflow's selection picks one)")
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -270,7 +281,7 @@ def _run(args: argparse.Namespace) -> Any:
         return rows if args.json else inference.format_rows(rows)
     if cmd == "genotype":
         base = Path("results") / args.dataset if args.dataset else None
-        source = args.source or (str(base / "search" / "alphas.json") if base else None)
+        source = args.source or (_searched_alphas(base) if base else None)
         if source is None:
             raise CliError("give SOURCE (alphas.json, a genotype name or file) or --dataset")
         out = args.out or (base / "genotype.json" if base else Path("genotype.json"))
@@ -282,8 +293,9 @@ def _run(args: argparse.Namespace) -> Any:
     if cmd == "download":
         return {"files": [str(p) for p in download_data(ds.data, root)]}
     if cmd == "search":
-        return run_search(ds.data, ds.search, args.out or base / "search", data_root=root,
-                          device=args.device, nproc=args.nproc)
+        seed = ds.search.get("seed", SEARCH_DEFAULTS["seed"])  # the workflow's folder
+        return run_search(ds.data, ds.search, args.out or base / "search" / f"seed{seed}",
+                          data_root=root, device=args.device, nproc=args.nproc)
     if cmd == "train":
         return run_train(ds.data, ds.train, args.genotype or base / "genotype.json",
                          args.out or base / "train", data_root=root, device=args.device,

@@ -71,7 +71,7 @@ def log_to(path: str | os.PathLike, name: str | None = None) -> None:
 
 
 #: Loggers whose INFO lines a job also prints to the console (start, epoch and end lines).
-CONSOLE_LOGGERS = ("nas_core.stages", "nas_core.data")
+CONSOLE_LOGGERS = ("nas_core.stages", "nas_core.data", "nas_core.gpu")
 
 
 class _ConsoleHandler(logging.Handler):

@@ -3,7 +3,8 @@
 from nas_core.stages.common import StageError
 from nas_core.stages.genotype import run_genotype
 from nas_core.stages.search import run_search
+from nas_core.stages.select import run_select
 from nas_core.stages.test import run_test
 from nas_core.stages.train import run_train
 
-__all__ = ["run_search", "run_genotype", "run_train", "run_test", "StageError"]
+__all__ = ["run_search", "run_genotype", "run_select", "run_train", "run_test", "StageError"]
