@@ -33,6 +33,7 @@ __all__ = [
     "merge",
     "validate_stage_cfg",
     "json_schema",
+    "range_schema",
     "describe",
 ]
 
@@ -376,10 +377,18 @@ def _schema_of(spec: Key) -> dict[str, Any]:
         s["type"] = "integer" if spec.kind == "int" else "number"
         if spec.nullable:
             s["type"] = [s["type"], "null"]
-        if spec.minimum is not None:
-            s["exclusiveMinimum" if spec.exclusive_minimum else "minimum"] = spec.minimum
-        if spec.maximum is not None:
-            s["exclusiveMaximum" if spec.exclusive_maximum else "maximum"] = spec.maximum
+        s.update(range_schema(spec))
+    return s
+
+
+def range_schema(spec: Any) -> dict[str, Any]:
+    """The JSON Schema bounds of anything with ``minimum`` / ``maximum`` /
+    ``exclusive_minimum`` / ``exclusive_maximum`` (a stage :class:`Key`, a dataset option)."""
+    s: dict[str, Any] = {}
+    if spec.minimum is not None:
+        s["exclusiveMinimum" if spec.exclusive_minimum else "minimum"] = spec.minimum
+    if spec.maximum is not None:
+        s["exclusiveMaximum" if spec.exclusive_maximum else "maximum"] = spec.maximum
     return s
 
 

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import pytest
+from s3server import free_ports
 
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 PROGRAMS = ("munged", "slurmctld", "slurmd", "slurmstepd", "sbatch", "srun", "squeue",
@@ -82,19 +83,6 @@ def missing_reason() -> str | None:
     except KeyError:
         return "no 'munge' user (the munge package creates it)"
     return None
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class SlurmError(RuntimeError):

@@ -5,8 +5,6 @@ bytes; a failing rank stops the job with its one-line error."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,9 +14,9 @@ from nas_core.distributed import DistributedError, World, current_world, launch
 from nas_core.genotypes import get_genotype
 from nas_core.model_eval import EvalNetwork
 from nas_core.model_search import SearchNetwork
-from nas_core.stages import run_genotype, run_search, run_train
+from nas_core.stages import run_genotype, run_train
 from nas_core.tasks import get_task
-from test_stages import DIGITS, KILL_ENV, ROOT, SEARCH_KILL, TRAIN_KILL, _sets
+from test_stages import DIGITS, SEARCH_KILL, TRAIN_KILL, _cli, _sets
 
 TASK = get_task("classification")
 
@@ -134,18 +132,6 @@ def test_two_process_train_is_within_noise_of_one(tmp_path):
     assert one > 60 and two > 60 and abs(one - two) < 10, (one, two)
 
 
-def _cli(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    env = dict(os.environ, NAS_CORE_PROGRESS="0", OMP_NUM_THREADS="2",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop(KILL_ENV, None)
-    if kill_at is not None:
-        env[KILL_ENV] = str(kill_at)
-    return subprocess.run([sys.executable, "-m", "nas_core", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["train", "search"])
 def test_two_process_run_killed_and_rerun_is_byte_identical(tmp_path, stage):
@@ -157,11 +143,12 @@ def test_two_process_run_killed_and_rerun_is_byte_identical(tmp_path, stage):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     args = [stage, "--dataset", "digits", *_sets(stage, cfg), "--device", "cpu",
             "--nproc", "2", *extra]
-    proc = _cli(args + ["--out", str(ref)])
+    proc = _cli(args + ["--out", str(ref)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _cli(args + ["--out", str(killed)], kill_at=4)  # mid-epoch 1 (3 steps per epoch)
+    # killed mid-epoch 1 (3 steps per epoch)
+    proc = _cli(args + ["--out", str(killed)], kill_at=4, timeout=600)
     assert proc.returncode != 0 and "died" in proc.stderr, proc.stderr[-3000:]
-    proc = _cli(args + ["--out", str(killed)])
+    proc = _cli(args + ["--out", str(killed)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr
     for name in outputs:

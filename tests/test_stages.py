@@ -47,7 +47,8 @@ def _sets(stage: str, cfg: dict) -> list[str]:
     return out
 
 
-def _cli(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
+def _cli(args: list[str], kill_at: int | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m nas_core ARGS`` in a subprocess with this process's thread count."""
     env = dict(os.environ, NAS_CORE_PROGRESS="0", OMP_NUM_THREADS=str(torch.get_num_threads()),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -55,7 +56,7 @@ def _cli(args: list[str], kill_at: int | None = None) -> subprocess.CompletedPro
     if kill_at is not None:
         env[KILL_ENV] = str(kill_at)
     return subprocess.run([sys.executable, "-m", "nas_core", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _ckpt_position(out_dir: Path) -> tuple[int, int]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from nas_core.config import range_schema
+
 __all__ = ["REQUIRED", "Option", "KINDS", "CROP_PADDING", "SOURCE_KEYS", "SOURCE", "SHARED",
            "IMPORT_PATH_PATTERN", "IMPORT_PATH_KEYS", "source_option", "option_schema",
            "block_schema", "import_path_branch"]
@@ -142,10 +144,7 @@ def _type_schema(opt: Option) -> dict[str, Any]:
         s["enum"] = list(opt.choices) + ([None] if opt.nullable else [])
     elif KINDS[opt.kind] is not None:
         s["type"] = [KINDS[opt.kind], "null"] if opt.nullable else KINDS[opt.kind]
-    if opt.minimum is not None:
-        s["exclusiveMinimum" if opt.exclusive_minimum else "minimum"] = opt.minimum
-    if opt.maximum is not None:
-        s["exclusiveMaximum" if opt.exclusive_maximum else "maximum"] = opt.maximum
+    s.update(range_schema(opt))
     return s
 
 
