@@ -7,12 +7,18 @@ Differences: any number of input channels and outputs, inputs of any H x W (zero
 multiple of 2 ** reductions), an auxiliary head that also works on feature maps other than 8x8,
 an out-of-place drop-path, and ``forward`` returning the logits tensor in eval mode (the
 original returns ``(logits, None)``, which neither traces nor exports).
+
+``EvalNetwork(..., recompute=True)`` runs cells under activation recomputation
+(:func:`nas_core.recompute.checkpointed`) in training mode with gradients on: less memory, one
+more forward of those cells per backward; same gradients, the same drop-path masks, BatchNorm
+running statistics updated once, the global RNG state as without.  Which cells:
+:attr:`EvalNetwork.recompute_cells`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -22,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from nas_core.genotypes import Genotype
 from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import FactorizedReduce, Identity, ReLUConvBN, create_op
+from nas_core.recompute import cell_indices, checkpointed, recompute_active, recompute_plan
 
 __all__ = ["EvalNetwork", "EvalCell", "AuxiliaryHead", "AuxiliaryPool", "drop_path",
            "count_parameters", "fill_num_batches_tracked"]
@@ -111,12 +118,14 @@ class EvalNetwork(nn.Module):
     network traces and exports as is (``torch.jit.trace``, ``torch.export``, ONNX); in training
     mode ``(logits, logits_aux)``, ``logits_aux`` None unless ``auxiliary`` (the head is used
     in training only).  ``logits(x)`` is the logits tensor in either mode.  Set
-    ``drop_path_prob`` per epoch (used in training mode only).
+    ``drop_path_prob`` per epoch (used in training mode only).  ``recompute``: cells'
+    activations are recomputed in the backward pass instead of kept (training mode with
+    gradients on; see the module docstring and :attr:`recompute_cells`).
     """
 
     def __init__(self, genotype: Genotype, in_channels: int, channels: int, num_outputs: int,
                  layers: int, auxiliary: bool = False, drop_path_prob: float = 0.0,
-                 stem_multiplier: int = 3):
+                 stem_multiplier: int = 3, *, recompute: bool = False):
         super().__init__()
         if not isinstance(genotype, Genotype):
             raise TypeError(f"genotype must be a Genotype, got {type(genotype).__name__}")
@@ -143,10 +152,13 @@ class EvalNetwork(nn.Module):
         self.cells = nn.ModuleList()
         reduction_prev = False
         c_aux = c_prev
+        sizes, scale = [], 1.0  # per cell: channels x pixels of a node, relative to the input's
         for i in range(layers):
             reduction = i in self.reduction_layers
             if reduction:
                 c_curr *= 2
+                scale /= 4
+            sizes.append(c_curr * scale)
             cell = EvalCell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev)
             reduction_prev = reduction
             self.cells.append(cell)
@@ -157,6 +169,26 @@ class EvalNetwork(nn.Module):
             self.auxiliary_head = AuxiliaryHead(c_aux, num_outputs)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_outputs)
+        self._recompute_cells = recompute_plan(sizes) if recompute else ()
+
+    @property
+    def recompute(self) -> bool:
+        """Whether cells' activations are recomputed in the backward pass (constructor, or
+        :attr:`recompute_cells` set; active in training mode with gradients on)."""
+        return bool(self._recompute_cells)
+
+    @property
+    def recompute_cells(self) -> tuple[int, ...]:
+        """Indices of the cells run under recomputation; () without ``recompute``.  By default
+        (:func:`nas_core.recompute.recompute_plan` on channels x pixels of each cell) the first
+        cells, leaving out the trailing ones whose activations together are no larger than the
+        largest recomputed cell's: leaving those out saves their recomputation without raising
+        the peak.  Assignable: any cell indices, e.g. ``range(len(net.cells))`` for all."""
+        return self._recompute_cells
+
+    @recompute_cells.setter
+    def recompute_cells(self, cells: Iterable[int]) -> None:
+        self._recompute_cells = cell_indices(cells, len(self.cells))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Eval mode: the logits; training mode: ``(logits, logits_aux or None)``."""
@@ -175,9 +207,13 @@ class EvalNetwork(nn.Module):
                              f"got {tuple(x.shape)}")
         x = pad_to_multiple(x, self.size_multiple)
         logits_aux = None
+        recompute = self._recompute_cells if recompute_active(self) else ()
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i in recompute:
+                s0, s1 = s1, checkpointed(cell, s0, s1, self.drop_path_prob)
+            else:
+                s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_layer and self._auxiliary and with_aux:
                 logits_aux = self.auxiliary_head(s1)
         out = self.global_pooling(s1)

@@ -26,6 +26,13 @@ constructor arguments of :class:`SearchNetwork` (handed down to every cell and m
 BatchNorm, needed for second derivatives through the supernet) and ``fuse_node_sums`` (one
 graph node per node sum in plain DARTS mode; off: one ``addcmul_`` per op output).
 
+Memory switch: ``SearchNetwork(..., recompute=True)`` runs cells under activation
+recomputation (:func:`nas_core.recompute.checkpointed`) in training mode with gradients on:
+the forward keeps only such a cell's inputs, the backward runs the cell again.  Same
+gradients, BatchNorm running statistics and RNG state as without; eval mode and ``no_grad``
+unchanged.  Which cells: :attr:`SearchNetwork.recompute_cells` (by default every cell but the
+trailing ones that do not raise the peak, :func:`nas_core.recompute.recompute_plan`).
+
 Plans hold the op's submodules: a submodule assigned after construction (``setattr`` on any
 module, e.g. ReLU -> Softplus) marks every plan stale, and each mixed op re-plans before its
 next forward.  Settings changed in place on an existing submodule (an activation's ``inplace``,
@@ -45,6 +52,7 @@ from nas_core.genotypes import Genotype, derive_genotype
 from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
                           SepConv, create_op)
+from nas_core.recompute import cell_indices, checkpointed, recompute_active, recompute_plan
 from nas_core.search_kernels import (WeightedSum, batch_norm, batch_norm_last, shared_batch_norm,
                                      tracks_running_stats)
 
@@ -507,13 +515,17 @@ class SearchNetwork(nn.Module):
     ``fuse_node_sums`` are the speed switches of the cells and mixed ops (same math; see the
     module docstring): ``lean_batchnorm=False`` is needed only to differentiate twice through
     the network (``create_graph=True``); the DARTS second-order step does not (finite
-    differences).
+    differences).  ``recompute``: cells' activations are recomputed in the backward pass
+    instead of kept (training mode with gradients on; see the module docstring and
+    :attr:`recompute_cells`): less memory, one more forward of those cells per backward, same
+    results.
     """
 
     def __init__(self, in_channels: int, channels: int, num_outputs: int, layers: int,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3,
                  primitives: Iterable[str] = PRIMITIVES, partial_channels: int = 1, *,
-                 lean_batchnorm: bool = True, fuse_node_sums: bool = True):
+                 lean_batchnorm: bool = True, fuse_node_sums: bool = True,
+                 recompute: bool = False):
         super().__init__()
         primitives = tuple(primitives)
         for name, value in (("in_channels", in_channels), ("channels", channels),
@@ -550,10 +562,13 @@ class SearchNetwork(nn.Module):
         c_pp, c_p, c_curr = c_curr, c_curr, channels
         self.cells = nn.ModuleList()
         reduction_prev = False
+        sizes, scale = [], 1.0  # per cell: channels x pixels of a node, relative to the input's
         for i in range(layers):
             reduction = i in self.reduction_layers
             if reduction:
                 c_curr *= 2
+                scale /= 4
+            sizes.append(c_curr * scale)
             self.cells.append(SearchCell(steps, multiplier, c_pp, c_p, c_curr, reduction,
                                          reduction_prev, primitives, partial_channels,
                                          lean_batchnorm=lean_batchnorm,
@@ -562,6 +577,7 @@ class SearchNetwork(nn.Module):
             c_pp, c_p = c_p, multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_outputs)
+        self._recompute_cells = recompute_plan(sizes) if recompute else ()
 
         n_edges, n_ops = num_edges(steps), len(primitives)
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
@@ -584,6 +600,25 @@ class SearchNetwork(nn.Module):
     def fuse_node_sums(self) -> bool:
         """Whether plain-DARTS node sums are one graph node each (constructor)."""
         return self._fuse_node_sums
+
+    @property
+    def recompute(self) -> bool:
+        """Whether cells' activations are recomputed in the backward pass (constructor, or
+        :attr:`recompute_cells` set; active in training mode with gradients on)."""
+        return bool(self._recompute_cells)
+
+    @property
+    def recompute_cells(self) -> tuple[int, ...]:
+        """Indices of the cells run under recomputation; () without ``recompute``.  By default
+        (:func:`nas_core.recompute.recompute_plan` on channels x pixels of each cell) the first
+        cells, leaving out the trailing ones whose activations together are no larger than the
+        largest recomputed cell's: leaving those out saves their recomputation without raising
+        the peak.  Assignable: any cell indices, e.g. ``range(len(net.cells))`` for all."""
+        return self._recompute_cells
+
+    @recompute_cells.setter
+    def recompute_cells(self, cells: Iterable[int]) -> None:
+        self._recompute_cells = cell_indices(cells, len(self.cells))
 
     def replan(self) -> None:
         """Decide every op's path anew (automatic after a submodule assignment; needed by hand
@@ -645,10 +680,10 @@ class SearchNetwork(nn.Module):
         x = pad_to_multiple(x, self.size_multiple)
         w_normal, w_reduce = self._mixing_weights()
         e_normal, e_reduce = self._edge_mixing_weights()
+        recompute = self._recompute_cells if recompute_active(self) else ()
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            if cell.reduction:
-                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
-            else:
-                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
+        for i, cell in enumerate(self.cells):
+            args = ((s0, s1, w_reduce, e_reduce) if cell.reduction
+                    else (s0, s1, w_normal, e_normal))
+            s0, s1 = s1, checkpointed(cell, *args) if i in recompute else cell(*args)
         return self.classifier(self.global_pooling(s1).flatten(1))
