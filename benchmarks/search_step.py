@@ -9,6 +9,9 @@ Peak memory: on the CPU the process RSS only grows, so each implementation runs 
 fresh child process (``--child``) that prints its peak RSS (VmHWM) after the steps, and the
 increase over its RSS after imports and data (the fairer figure); on CUDA
 ``torch.cuda.max_memory_allocated`` around one step (reset in between; both models resident).
+The CPU child also reports the *tensor* peak (``nas_core.memory.peak_bytes``: the CPU
+allocator's bytes while a fresh model is built and stepped, counted from zero), which leaves
+out the ~0.5-0.7 GiB of libraries and code pages that both implementations' RSS holds.
 ops/step: the ATen operators one extra, untimed step dispatches (``--no-ops`` skips it); where
 launches and Python bound the step (a GPU at batch 64) time follows that count.
 
@@ -44,6 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from nas_core.architect import Architect, search_step  # noqa: E402
 from nas_core.graphs import GraphedSearchStep  # noqa: E402
+from nas_core.memory import peak_bytes  # noqa: E402
 from nas_core.model_search import SearchNetwork  # noqa: E402
 
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "bench" / "reference_darts.py"
@@ -211,7 +215,15 @@ def child(args, cfg: Config) -> None:
     for _ in range(args.child_steps):
         impl.step(data)
     peak = proc_status_mb("VmHWM")
-    print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": base}))
+    del impl
+
+    def fresh_steps():  # the tensor peak: a fresh model and its steps, counted from zero
+        impl = Reference(ref_mod, cfg, device) if args.child == "reference" else Ours(cfg, device)
+        for _ in range(args.child_steps):
+            impl.step(data)
+
+    tensor = peak_bytes(fresh_steps, device) / 2**20
+    print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": base, "tensor_peak_mb": tensor}))
 
 
 def child_memory(args, cfg: Config, which: str) -> dict:
@@ -250,6 +262,7 @@ def measure(args, ref_mod, cfg: Config, ours_variants: list[Config]) -> list[dic
             m = child_memory(args, variant, "reference" if impl is ref else "ours")
             row["peak_mb"] = m["peak_rss_mb"]
             row["peak_increase_mb"] = m["peak_rss_mb"] - m["baseline_rss_mb"]
+            row["tensor_peak_mb"] = m["tensor_peak_mb"]
         if args.ops:
             row["ops"] = count_ops(impl, data)
         rows.append(row)
@@ -261,6 +274,8 @@ def measure(args, ref_mod, cfg: Config, ours_variants: list[Config]) -> list[dic
         if "peak_mb" in row:
             row["mem_ratio"] = row["peak_mb"] / base["peak_mb"]
             row["mem_increase_ratio"] = row["peak_increase_mb"] / max(base["peak_increase_mb"], 1e-9)
+        if "tensor_peak_mb" in row:
+            row["tensor_ratio"] = row["tensor_peak_mb"] / base["tensor_peak_mb"]
     return rows
 
 
@@ -362,6 +377,8 @@ def print_table(rows: list[dict]) -> None:
         head += f" {'ops/step':>9} {'x ref':>6}"
     if mem:
         head += f" {'peak MiB':>9} {'x ref':>6} {'+MiB':>8} {'x ref':>6}"
+    if any("tensor_peak_mb" in r for r in rows):
+        head += f" {'tensor MiB':>10} {'x ref':>6}"
     print(head)
     for r in rows:
         line = (f"{r['config']:<44} {r['impl']:<26} {r['step_s']:8.3f} {r['images_s']:8.1f} "
@@ -372,6 +389,8 @@ def print_table(rows: list[dict]) -> None:
         if "peak_mb" in r:
             line += (f" {r['peak_mb']:9.0f} {r['mem_ratio']:6.2f} {r['peak_increase_mb']:8.0f} "
                      f"{r['mem_increase_ratio']:6.2f}")
+        if "tensor_peak_mb" in r:
+            line += f" {r['tensor_peak_mb']:10.0f} {r['tensor_ratio']:6.2f}"
         print(line, flush=True)
 
 

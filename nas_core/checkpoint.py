@@ -44,6 +44,7 @@ __all__ = [
     "dumps_json",
     "sha256_file",
     "fingerprint",
+    "peek_checkpoint",
     "get_rng_state",
     "set_rng_state",
     "save_checkpoint",
@@ -189,6 +190,21 @@ def _move_aside(path: Path, reason: str) -> Path:
     fsync_dir(path.parent)
     log.warning("checkpoint %s cannot be read (%s); moved aside to %s", path, reason, target)
     return target
+
+
+def peek_checkpoint(path: str | os.PathLike, *keys: str) -> dict[str, Any] | None:
+    """``fingerprint`` and the plain values ``keys`` of the checkpoint at ``path`` (read
+    memory-mapped, nothing moved aside); None when it is missing or cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - load_checkpoint deals with unreadable files
+        return None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        return None
+    return {k: state.get(k) for k in ("fingerprint",) + keys}
 
 
 def load_checkpoint(path: str | os.PathLike, fingerprint: str, *,

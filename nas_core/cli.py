@@ -1,4 +1,4 @@
-"""Command line: ``python -m nas_core {download,search,genotype,train,test,predict,export}``.
+"""Command line: ``python -m nas_core {download,search,genotype,train,test,memory,predict,export}``.
 
 The options mirror the workflow's config (config/config.yaml): ``--config FILE --dataset NAME``
 takes the dataset's block (``datasets: {NAME: {data:, search:, train:, test:}}``) over the
@@ -6,7 +6,8 @@ file's top-level shared ``search:`` / ``train:`` / ``test:`` blocks and the buil
 (``nas_core.config``); ``--set STAGE.KEY=VALUE`` overrides single keys (values are YAML:
 ``3``, ``0.1``, ``true``, ``null``).  Paths default to the workflow's layout under
 ``results/NAME/``.  ``predict`` and ``export`` take a results folder (``results/NAME``) and use
-the trained model there (:mod:`nas_core.inference`).
+the trained model there (:mod:`nas_core.inference`).  ``memory STAGE`` prints a stage's expected
+peak memory per device without running it (:mod:`nas_core.stages.estimate`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from nas_core.errors import is_known, one_line
 from nas_core.resolve import DatasetConfig, resolve_dataset
 from nas_core.stages import run_genotype, run_search, run_test, run_train
 from nas_core.stages.common import setup_logging
+from nas_core.stages.estimate import estimate_stage, format_estimate
 
 __all__ = ["main", "build_parser", "resolve_config", "CliError", "COMMANDS"]
 
-COMMANDS = ("download", "search", "genotype", "train", "test", "predict", "export")
+COMMANDS = ("download", "search", "genotype", "train", "test", "memory", "predict", "export")
 
 
 class CliError(ValueError):
@@ -233,6 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", default=None,
                    help="output file (default: results/NAME/test.json)")
 
+    p = sub.add_parser("memory", help="a stage's expected peak memory per device, without "
+                                      "running it",
+                       description="Measure STAGE's step at two small batches on the device "
+                                   "(the stage's own network, optimizers, amp and memory "
+                                   "format, on random data of the dataset's shape), fit peak = "
+                                   "fixed + per sample x batch, and print the expected peak per "
+                                   "device for the configured batch and for --batch-sizes, "
+                                   "against the budget (memory_limit, else the device's free "
+                                   "memory).  With batch_size auto, also the batch the stage "
+                                   "would choose (measured).", formatter_class=fmt,
+                       epilog=_keys_epilog(["search", "train", "test"]))
+    p.add_argument("stage", choices=["search", "train", "select", "test"],
+                   help="the stage whose step is measured")
+    _common(p, None)
+    _device(p)
+    p.add_argument("--batch-sizes", metavar="B,B,...", default="",
+                   help="also give the estimate at these batch sizes per device, e.g. "
+                        "32,64,128 (default: the configured batch only)")
+    p.add_argument("--genotype", metavar="FILE_OR_NAME", default=None,
+                   help="train, select, test: genotype.json or a published name, e.g. "
+                        "DARTS_V2 (default: results/NAME/genotype.json)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     p = sub.add_parser("predict", help="predictions of a trained model for image or netCDF files",
                        description="Print the predictions of the model in RESULTS (e.g. "
                                    "results/mnist: model.json or test.json, genotype.json, "
@@ -287,9 +312,11 @@ def _run(args: argparse.Namespace) -> Any:
         out = args.out or (base / "genotype.json" if base else Path("genotype.json"))
         return {"genotype": run_genotype(source, out).to_dict(), "output": str(out)}
 
-    name, ds = _resolve(args.config, args.dataset, args.sets,
-                        None if cmd == "download" else cmd, validate=False)
+    block = args.stage if cmd == "memory" else None if cmd == "download" else cmd
+    name, ds = _resolve(args.config, args.dataset, args.sets, block, validate=False)
     base, root = ds.results, args.data_root or ds.data_root
+    if cmd == "memory":
+        return _memory(args, ds, base, root)
     if cmd == "download":
         return {"files": [str(p) for p in download_data(ds.data, root)]}
     if cmd == "search":
@@ -305,6 +332,25 @@ def _run(args: argparse.Namespace) -> Any:
                         args.model or base / "train" / "model.pt",
                         args.out or base / "test.json", data_root=root, device=args.device)
     raise CliError(f"unknown command {cmd!r}")  # pragma: no cover
+
+
+def _memory(args: argparse.Namespace, ds: DatasetConfig, base: Path, root: str | Path) -> Any:
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise CliError(f"--batch-sizes {args.batch_sizes!r}: expected integers, e.g. "
+                       f"32,64,128") from None
+    if any(b < 1 for b in sizes):
+        raise CliError(f"--batch-sizes {args.batch_sizes!r}: batch sizes start at 1")
+    genotype = args.genotype or base / "genotype.json"
+    if args.stage != "search" and args.genotype is None and not Path(genotype).is_file():
+        raise CliError(f"{genotype}: no such file; give --genotype (a genotype.json or a "
+                       f"published name such as DARTS_V2)")
+    blocks = ds.blocks()
+    doc = estimate_stage(args.stage, ds.data, blocks[args.stage], train_cfg=blocks["train"],
+                         genotype=genotype, data_root=root, device=args.device,
+                         batch_sizes=sizes)
+    return doc if args.json else format_estimate(doc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
+from nas_core.sizes import SIZE_PATTERN, parse_bytes
+
 __all__ = [
     "ConfigError",
     "Key",
@@ -52,8 +54,10 @@ class Key:
     """One configuration key.
 
     ``kind``: ``int``, ``float``, ``bool``, ``choice`` (one of ``choices``), ``auto_bool``
-    (``"auto"``, ``true`` or ``false``), or ``int_list`` (a non-empty list of distinct integers,
-    each within ``minimum`` / ``maximum``).  ``minimum`` / ``maximum`` are inclusive unless
+    (``"auto"``, ``true`` or ``false``), ``auto_int`` (``"auto"`` or an integer within the
+    range), ``size`` (a memory size: bytes, or text like ``"12GiB"``; see
+    :func:`nas_core.sizes.parse_bytes`), or ``int_list`` (a non-empty list of distinct
+    integers, each within ``minimum`` / ``maximum``).  ``minimum`` / ``maximum`` are inclusive unless
     ``exclusive_minimum`` / ``exclusive_maximum``; ``nullable`` allows ``null``.
     """
 
@@ -85,14 +89,46 @@ _NUM_WORKERS = Key(2, "int", "DataLoader worker processes (0 = load in the main 
                              "results do not depend on it", minimum=0)
 _MAX_STEPS = Key(None, "int", "cap on the optimisation steps per epoch (null = full epochs; "
                               "for demos and tests)", minimum=1, nullable=True)
+_MEMORY_LIMIT = Key(None, "size",
+                    'memory a step may use per device, e.g. "10GiB" or "800MiB" (bytes as a '
+                    "number): the budget of batch_size auto, and a warning when the estimate "
+                    "exceeds it (null = the free memory of the CUDA device, or the machine's "
+                    "available memory on the CPU)", nullable=True)
+_MEMORY_MARGIN = Key(0.1, "float", "safety margin of batch_size auto: the chosen batch's "
+                                   "measured peak stays within (1 - margin) x the budget",
+                     minimum=0, maximum=0.9)
+_LR_SCALING = Key("linear", "choice",
+                  'learning rate when batch_size is auto: "linear" scales lr and lr_min by '
+                  "batch / reference_batch_size (Goyal et al. 2017; PC-DARTS' batch 256 at lr "
+                  '0.1 is DARTS\' 64 at 0.025 so scaled), "none" keeps them',
+                  choices=("linear", "none"))
+_RECOMPUTE = Key(False, "bool",
+                 "recompute cells' activations in the backward pass (torch.utils.checkpoint; "
+                 "the leading cells, whose activations set the peak): about half the memory "
+                 "or less for a quarter to a third more time; the same gradients, so it may "
+                 "be switched on to resume a run")
+
+
+def _batch_key(default: int, what: str) -> Key:
+    return Key(default, "auto_int",
+               f'{what}, or "auto": the largest batch whose measured peak memory fits the '
+               "budget (memory_limit, or the device's free memory) with memory_margin to "
+               "spare, chosen at the start and kept by a resumed run", minimum=1)
+
+
+def _reference_batch(default: int) -> Key:
+    return Key(default, "int", "the batch the learning rates are set for; with batch_size "
+                               "auto and lr_scaling linear, lr and lr_min are scaled by "
+                               "batch / reference_batch_size", minimum=1)
+
+
 _CKPT_EVERY = Key(200, "int", "also write a checkpoint every N steps within an epoch "
                               "(0 = at epoch ends only)", minimum=0)
 
 SPECS: dict[str, dict[str, Key]] = {
     "search": {
         "epochs": Key(50, "int", "search epochs", minimum=1),
-        "batch_size": Key(64, "int", "batch size (weights half and alphas half alike)",
-                          minimum=1),
+        "batch_size": _batch_key(64, "batch size (weights half and alphas half alike)"),
         "layers": Key(8, "int", "cells of the supernet (reduction cells at layers//3 and "
                                 "2*layers//3)", minimum=1),
         "init_channels": Key(16, "int", "channels of the first cell", minimum=1),
@@ -138,10 +174,15 @@ SPECS: dict[str, dict[str, Key]] = {
                                           "batches"),
         "deterministic": _DETERMINISTIC,
         "num_workers": _NUM_WORKERS,
+        "recompute": _RECOMPUTE,
+        "memory_limit": _MEMORY_LIMIT,
+        "memory_margin": _MEMORY_MARGIN,
+        "reference_batch_size": _reference_batch(64),
+        "lr_scaling": _LR_SCALING,
     },
     "train": {
         "epochs": Key(600, "int", "training epochs", minimum=1),
-        "batch_size": Key(96, "int", "batch size", minimum=1),
+        "batch_size": _batch_key(96, "batch size"),
         "layers": Key(20, "int", "cells of the evaluation network", minimum=1),
         "init_channels": Key(36, "int", "channels of the first cell", minimum=1),
         "lr": Key(0.025, "float", "initial learning rate (SGD)", minimum=0,
@@ -172,11 +213,18 @@ SPECS: dict[str, dict[str, Key]] = {
         "channels_last": _CHANNELS_LAST,
         "deterministic": _DETERMINISTIC,
         "num_workers": _NUM_WORKERS,
+        "recompute": _RECOMPUTE,
+        "memory_limit": _MEMORY_LIMIT,
+        "memory_margin": _MEMORY_MARGIN,
+        "reference_batch_size": _reference_batch(96),
+        "lr_scaling": _LR_SCALING,
     },
     "test": {
-        "batch_size": Key(256, "int", "evaluation batch size", minimum=1),
+        "batch_size": _batch_key(256, "evaluation batch size"),
         "amp": _AMP,
         "num_workers": _NUM_WORKERS,
+        "memory_limit": _MEMORY_LIMIT,
+        "memory_margin": _MEMORY_MARGIN,
     },
 }
 
@@ -229,7 +277,11 @@ SELECT_DEFAULTS: dict[str, Any] = defaults("select")
 
 #: Keys that do not change a stage's results; left out of checkpoint fingerprints.  ``seeds``
 #: is the workflow's list of search jobs: a search run uses ``seed`` alone.
-NON_RESULT_KEYS = frozenset({"num_workers", "checkpoint_every_steps", "seeds"})
+#: ``memory_limit`` / ``memory_margin`` only decide ``batch_size: auto``, whose choice enters the
+#: fingerprint itself; ``recompute`` gives the same gradients (a run may switch it on to resume
+#: after running out of memory).
+NON_RESULT_KEYS = frozenset({"num_workers", "checkpoint_every_steps", "seeds", "memory_limit",
+                             "memory_margin", "recompute"})
 
 
 def search_seeds(cfg: Mapping[str, Any]) -> list[int]:
@@ -282,6 +334,17 @@ def _check_value(stage: str, key: str, spec: Key, value: Any) -> Any:
         raise ConfigError(f'{where}: must be "auto", true or false, got {value!r}')
     if spec.kind == "int_list":
         return _check_int_list(where, spec, value)
+    if spec.kind == "size":
+        try:
+            return parse_bytes(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if spec.kind == "auto_int":
+        if value == "auto":
+            return value
+        if isinstance(value, str):
+            raise ConfigError(f'{where}: must be "auto" or an integer, got {value!r}')
+        spec = replace(spec, kind="int")
     if spec.kind == "choice":
         for c in spec.choices:
             if value == c and type(value) is type(c):
@@ -368,6 +431,14 @@ def _schema_of(spec: Key) -> dict[str, Any]:
         s["enum"] = ["auto", True, False]
     elif spec.kind == "choice":
         s["enum"] = list(spec.choices) + [a for a, _ in spec.aliases]
+    elif spec.kind == "auto_int":
+        item = _schema_of(replace(spec, kind="int"))
+        del item["description"], item["default"]
+        s["oneOf"] = [{"const": "auto"}, item]
+    elif spec.kind == "size":
+        s["type"] = ["string", "integer", "null"] if spec.nullable else ["string", "integer"]
+        s["pattern"] = SIZE_PATTERN
+        s["minimum"] = 1
     elif spec.kind == "int_list":
         item = _schema_of(replace(spec, kind="int", nullable=False))
         del item["description"], item["default"]

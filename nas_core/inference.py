@@ -342,9 +342,12 @@ def write_model_card(data: dict, train_cfg: dict, test_cfg: dict, folder: str | 
         "cuda" if torch.cuda.is_available() else "cpu")
     model = TrainedModel(network, card).to(dev)
 
+    batch = test_cfg["batch_size"]  # "auto": the batch the test stage chose
+    if batch == "auto":
+        batch = (test.get("batch") or {}).get("batch_size") or 256
     outputs, targets = [], []
     with torch.no_grad():
-        for x, y in _loader(bundle.test, int(test_cfg["batch_size"])):
+        for x, y in _loader(bundle.test, int(batch)):
             out = model.network(x.to(dev)).float().cpu()
             outputs.append(out)
             targets.append(torch.as_tensor(y))

@@ -68,6 +68,10 @@ class Task:
         """The network's output as the meters and test metrics read it (detached, float32)."""
         raise NotImplementedError
 
+    def random_targets(self, n: int, num_outputs: int) -> torch.Tensor:
+        """``n`` targets of the kind the data yields (for memory probes)."""
+        raise NotImplementedError
+
     def accumulate(self, sums: dict[str, float], prediction: torch.Tensor,
                    target: torch.Tensor) -> None:
         raise NotImplementedError
@@ -99,6 +103,9 @@ class Classification(Task):
 
     def loss(self, output, target):
         return F.cross_entropy(output.float(), target)
+
+    def random_targets(self, n, num_outputs):
+        return torch.randint(0, num_outputs, (n,))
 
     def prediction(self, output):
         return output.detach().float()
@@ -144,6 +151,9 @@ class Regression(Task):
 
     def loss(self, output, target):
         return F.mse_loss(output.squeeze(-1).float(), target.float())
+
+    def random_targets(self, n, num_outputs):
+        return torch.randn(n)
 
     def prediction(self, output):
         return output.detach().squeeze(-1).float()

@@ -151,7 +151,8 @@ def test_defaults_are_the_papers():
     assert SEARCH_DEFAULTS["arch_lr"] == 3e-4 and SEARCH_DEFAULTS["order"] == 1
     assert TRAIN_DEFAULTS["epochs"] == 600 and TRAIN_DEFAULTS["batch_size"] == 96
     assert TRAIN_DEFAULTS["auxiliary_weight"] == 0.4 and TRAIN_DEFAULTS["drop_path_prob"] == 0.2
-    assert TEST_DEFAULTS == {"batch_size": 256, "amp": "auto", "num_workers": 2}
+    assert TEST_DEFAULTS == {"batch_size": 256, "amp": "auto", "num_workers": 2,
+                             "memory_limit": None, "memory_margin": 0.1}
     for stage in SPECS:
         assert validate_stage_cfg(stage, {}) == {k: (float(v) if isinstance(v, float) else v)
                                                  for k, v in

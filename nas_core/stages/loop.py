@@ -197,7 +197,9 @@ class EpochLoop:
     """Runs (or resumes) ``cfg["epochs"]`` epochs of ``stage`` (see the module docstring).
 
     ``cfg``: the validated stage block (``epochs``, ``max_steps_per_epoch``,
-    ``checkpoint_every_steps``); ``dataset`` is what the stage's batch keys index.
+    ``checkpoint_every_steps``, ``batch_size`` resolved: checkpoints keep it, so that a resumed
+    ``batch_size: auto`` run finds its batch); ``dataset`` is what the stage's batch keys
+    index.
     """
 
     def __init__(self, name: str, cfg: dict, *, model: torch.nn.Module, dataset,
@@ -210,6 +212,7 @@ class EpochLoop:
         self.epochs = int(cfg["epochs"])
         self.max_steps = cfg["max_steps_per_epoch"]
         self.every = int(cfg["checkpoint_every_steps"])
+        self.batch_size = int(cfg["batch_size"])
         self.model, self.dataset = model, dataset
         self.optimizer, self.scheduler = optimizer, scheduler
         self.checkpointer, self.task, self.runtime = checkpointer, task, runtime
@@ -234,7 +237,8 @@ class EpochLoop:
         def save(epoch: int, step: int, seconds: float) -> None:
             self.checkpointer.save(epoch, step, meter=world.sum_values(meter.state()),
                                    history=result.history, timings=result.timings,
-                                   epoch_seconds=seconds, **stage.state())
+                                   epoch_seconds=seconds, batch_size=self.batch_size,
+                                   **stage.state())
 
         kill_at = _kill_step()
         metrics = (MetricsLog(self.out_dir, self.task, start_epoch)

@@ -37,15 +37,17 @@ from nas_core.config import NON_RESULT_KEYS, ConfigError, validate_stage_cfg
 from nas_core.data import DataBundle, load_data, split_indices
 from nas_core.distributed import data_parallel
 from nas_core.graphs import make_search_step
+from nas_core.memory import Probe
 from nas_core.model_search import SearchNetwork
+from nas_core.stages.budget import effective_cfg, plan_batch
 from nas_core.stages.common import (SeededDataset, derive_seed, epoch_batches, seed_everything,
                                     state_dict_cpu)
 from nas_core.stages.genotype import ALPHAS_FORMAT
 from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
-from nas_core.tasks import get_task
+from nas_core.tasks import Task, get_task
 
-__all__ = ["run_search", "alphas_document", "OUTPUTS"]
+__all__ = ["run_search", "search_probe", "alphas_document", "OUTPUTS"]
 
 log = logging.getLogger("nas_core.stages.search")
 
@@ -79,18 +81,49 @@ def alphas_document(model: SearchNetwork, epochs: int) -> dict[str, Any]:
     return doc
 
 
+def _network(cfg: dict, bundle: DataBundle, runtime: Runtime) -> SearchNetwork:
+    return runtime.model(SearchNetwork(
+        bundle.in_channels, cfg["init_channels"], bundle.num_outputs, cfg["layers"],
+        steps=cfg["steps"], multiplier=cfg["multiplier"],
+        partial_channels=cfg["partial_channels"], recompute=cfg["recompute"]))
+
+
+def _optimizers(cfg: dict, model: SearchNetwork,
+                task: Task) -> tuple[torch.optim.Optimizer, Architect]:
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                            weight_decay=cfg["weight_decay"])
+    return w_opt, Architect(model, task.loss, w_opt, order=cfg["order"], arch_lr=cfg["arch_lr"],
+                            arch_weight_decay=cfg["arch_weight_decay"])
+
+
+def search_probe(cfg: dict, bundle: DataBundle, runtime: Runtime) -> Probe:
+    """The search step of ``cfg`` at a given batch on random data of ``bundle``'s shape: a
+    fresh supernet and optimizers, two steps (the second with the optimizer states in
+    place), eager also when ``cuda_graphs`` is on (:mod:`nas_core.memory`)."""
+    task = get_task(bundle.task)
+
+    def run(batch: int) -> None:
+        model = _network(cfg, bundle, runtime)
+        w_opt, architect = _optimizers(cfg, model, task)
+        step = make_search_step(model, architect, w_opt, cfg["grad_clip"], runtime.amp_dtype)
+        data = [runtime.batch(torch.randn(batch, bundle.in_channels, *bundle.input_size),
+                              task.random_targets(batch, bundle.num_outputs)) for _ in range(2)]
+        for _ in range(2):
+            step(data[0], data[1], cfg["lr"])
+
+    return run
+
+
 class _Search(EpochStage):
     """One epoch of bilevel search: batches of the weight half, the alpha half cycled."""
 
     def __init__(self, cfg: dict, bundle: DataBundle, runtime: Runtime, model: SearchNetwork,
-                 w_opt: torch.optim.Optimizer):
+                 w_opt: torch.optim.Optimizer, architect: Architect):
         self.cfg, self.bundle, self.runtime, self.model = cfg, bundle, runtime, model
         self.task = get_task(bundle.task)
         self.w_idx, self.a_idx = split_indices(len(bundle.train), cfg["train_portion"],
                                                cfg["seed"])
-        self.architect = Architect(model, self.task.loss, w_opt, order=cfg["order"],
-                                   arch_lr=cfg["arch_lr"],
-                                   arch_weight_decay=cfg["arch_weight_decay"])
+        self.architect = architect
         self.w_opt = w_opt
         self.search_step = None
         self.shares = {"train": 1.0, "val": 1.0}
@@ -151,46 +184,60 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     runtime = Runtime.resolve(cfg, device)
     if cfg["cuda_graphs"] and runtime.device.type != "cuda":
         raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on {runtime.device}")
+    if cfg["cuda_graphs"] and cfg["recompute"]:
+        raise ConfigError("search.recompute: not with search.cuda_graphs (a captured step "
+                          "cannot recompute)")
     bundle = load_data(data, data_root)
     world = runtime.world
-    fp = fingerprint({"stage": "search", "data": data, "data_source": bundle.source,
-                      "world_size": world.size, "cfg": {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}})
+    auto = cfg["batch_size"] == "auto"
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+
+    def fingerprint_of(batch: int) -> str:
+        run_cfg = effective_cfg(cfg, batch, auto)
+        return fingerprint({"stage": "search", "data": data, "data_source": bundle.source,
+                            "world_size": world.size,
+                            "cfg": {k: v for k, v in run_cfg.items() if k not in NON_RESULT_KEYS}})
 
     with runtime.determinism():
+        n_weights = len(split_indices(len(bundle.train), cfg["train_portion"], cfg["seed"])[0])
+        plan = plan_batch("search", cfg, search_probe(cfg, bundle, runtime), runtime,
+                          samples=n_weights, checkpoint=ckpt_path, fingerprint_of=fingerprint_of)
+        fp = fingerprint_of(plan.batch_size)
+        cfg = effective_cfg(cfg, plan.batch_size, auto)
         seed_everything(cfg["seed"])
-        model = runtime.model(SearchNetwork(
-            bundle.in_channels, cfg["init_channels"], bundle.num_outputs, cfg["layers"],
-            steps=cfg["steps"], multiplier=cfg["multiplier"],
-            partial_channels=cfg["partial_channels"]))
+        model = _network(cfg, bundle, runtime)
         if world.size > 1:  # equal weights on every rank, then per-rank random streams
             seed_everything(derive_seed(cfg["seed"], "rank", world.rank))
-        w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg["lr"],
-                                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        w_opt, architect = _optimizers(cfg, model, get_task(bundle.task))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg["epochs"],
                                                            eta_min=cfg["lr_min"])
-        stage = _Search(cfg, bundle, runtime, model, w_opt)
+        stage = _Search(cfg, bundle, runtime, model, w_opt, architect)
         log.info("search on %s (%s, %d samples: %d for weights, %d for alphas) on %s",
                  bundle.name, bundle.task, len(bundle.train), len(stage.w_idx),
                  len(stage.a_idx), runtime.describe())
-        checkpointer = Checkpointer(out_dir / "checkpoints" / "last.pt", fp, "search", {
+        checkpointer = Checkpointer(ckpt_path, fp, "search", {
             "model": model, "w_optimizer": w_opt,
             "arch_optimizer": stage.architect.arch_optimizer, "scheduler": sched}, world)
         loop = EpochLoop("search", cfg, model=model,
                          dataset=SeededDataset(bundle.train, cfg["seed"]), optimizer=w_opt,
                          scheduler=sched, checkpointer=checkpointer, task=stage.task,
                          runtime=runtime, label=bundle.name, out_dir=out_dir)
-        result = loop.run(stage)
+        with plan.guard(cfg):
+            result = loop.run(stage)
 
         genotype = model.genotype()
     if world.is_main:
         atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
         atomic_write_json(paths["history.json"], {"stage": "search", "metric": stage.task.metric,
-                                                  "data": bundle.source,
+                                                  "data": bundle.source, "batch": plan.record(),
                                                   "epochs": result.history})
         atomic_write_json(paths["timings.json"], {
             "stage": "search", "device": str(runtime.device), "nas_core_version": __version__,
-            "epochs": result.timings, "total_seconds": result.total_seconds()})
+            "epochs": result.timings, "total_seconds": result.total_seconds(),
+            "memory": plan.memory_record()})
         atomic_write_json(paths["alphas.json"], alphas_document(model, cfg["epochs"]))
+    if world.is_main:
+        plan.log_peak()
     log.info("search done: %s", genotype.to_legacy())
     last = result.history[-1] if result.history else {}
     return {

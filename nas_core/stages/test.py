@@ -21,13 +21,15 @@ from nas_core.checkpoint import atomic_write_json, sha256_file
 from nas_core.config import validate_stage_cfg
 from nas_core.data import load_data
 from nas_core.errors import one_line
+from nas_core.memory import Probe
 from nas_core.model_eval import EvalNetwork, count_parameters
+from nas_core.stages.budget import plan_batch
 from nas_core.stages.common import StageError
 from nas_core.stages.genotype import load_genotype_file, load_genotype_source
 from nas_core.stages.runtime import Runtime, index_batches
 from nas_core.tasks import get_task
 
-__all__ = ["run_test", "load_model_file"]
+__all__ = ["run_test", "test_probe", "load_model_file"]
 
 log = logging.getLogger("nas_core.stages.test")
 
@@ -85,6 +87,26 @@ def load_model_file(model: torch.nn.Module, path: str | Path) -> None:
                          f"{one_line(exc, 300)}") from None
 
 
+def _network(train_cfg: dict, geno, bundle) -> EvalNetwork:
+    return EvalNetwork(geno, bundle.in_channels, train_cfg["init_channels"], bundle.num_outputs,
+                       train_cfg["layers"], auxiliary=train_cfg["auxiliary"])
+
+
+def test_probe(train_cfg: dict, geno, bundle, runtime: Runtime) -> Probe:
+    """The test stage's forward pass (eval mode, no gradients) at a given batch on random data
+    of ``bundle``'s shape (:mod:`nas_core.memory`)."""
+
+    @torch.no_grad()
+    def run(batch: int) -> None:
+        net = runtime.model(_network(train_cfg, geno, bundle)).eval()
+        x, _ = runtime.batch(torch.randn(batch, bundle.in_channels, *bundle.input_size),
+                             torch.zeros(batch))
+        with runtime.autocast():
+            net(x)
+
+    return run
+
+
 def _resolve_genotype(genotype: str | Path):
     p = Path(genotype)
     if p.is_file() and p.suffix == ".json":
@@ -118,16 +140,18 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
     bundle = load_data(data, data_root)
     task = get_task(bundle.task)
 
-    net = EvalNetwork(geno, bundle.in_channels, train_cfg["init_channels"], bundle.num_outputs,
-                      train_cfg["layers"], auxiliary=train_cfg["auxiliary"])
+    net = _network(train_cfg, geno, bundle)
     load_model_file(net, model)
+    n = len(bundle.test)
+    plan = plan_batch("test", cfg, test_probe(train_cfg, geno, bundle, runtime), runtime,
+                      samples=max(1, n))
     net = runtime.model(net)
 
-    n = len(bundle.test)
     outputs, targets = [], []
-    for out, y in runtime.outputs(net, bundle.test, index_batches(range(n), cfg["batch_size"])):
-        outputs.append(out.float().cpu())
-        targets.append(y.cpu())
+    with plan.guard(cfg):
+        for out, y in runtime.outputs(net, bundle.test, index_batches(range(n), plan.batch_size)):
+            outputs.append(out.float().cpu())
+            targets.append(y.cpu())
     if not outputs:
         raise StageError(f"{bundle.name}: the test split is empty")
     out, tgt = torch.cat(outputs), torch.cat(targets)
@@ -143,6 +167,7 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
         "task": task.name,
         "metrics": metrics,
         "num_samples": n,
+        "batch": plan.record(),
         "num_parameters": count_parameters(net, exclude_auxiliary=True),
         "genotype": geno.to_dict(),
         "genotype_source": str(genotype),

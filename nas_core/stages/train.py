@@ -15,6 +15,7 @@ best weights so far).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,8 +25,11 @@ from nas_core import __version__
 from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
 from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
 from nas_core.data import DataBundle, load_data, split_indices
-from nas_core.distributed import data_parallel
+from nas_core.distributed import SINGLE, data_parallel
+from nas_core.genotypes import Genotype
+from nas_core.memory import Probe
 from nas_core.model_eval import EvalNetwork, count_parameters
+from nas_core.stages.budget import effective_cfg, plan_batch
 from nas_core.stages.common import (SeededDataset, derive_seed, epoch_batches, seed_everything,
                                     state_dict_cpu)
 from nas_core.stages.genotype import load_genotype_file
@@ -33,23 +37,53 @@ from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
 from nas_core.tasks import get_task
 
-__all__ = ["run_train", "OUTPUTS"]
+__all__ = ["run_train", "train_probe", "OUTPUTS"]
 
 log = logging.getLogger("nas_core.stages.train")
 
 OUTPUTS = ("model.pt", "history.json", "timings.json")
 
 
+def _network(cfg: dict, geno: Genotype, bundle: DataBundle, runtime: Runtime) -> EvalNetwork:
+    return runtime.model(EvalNetwork(geno, bundle.in_channels, cfg["init_channels"],
+                                     bundle.num_outputs, cfg["layers"], auxiliary=cfg["auxiliary"],
+                                     recompute=cfg["recompute"]))
+
+
+def _optimizer(cfg: dict, model: EvalNetwork) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                           weight_decay=cfg["weight_decay"])
+
+
+def train_probe(cfg: dict, geno: Genotype, bundle: DataBundle, runtime: Runtime) -> Probe:
+    """The training step of ``cfg`` at a given batch on random data of ``bundle``'s shape (a
+    fresh network and optimizer, the full drop-path probability, two steps;
+    :mod:`nas_core.memory`)."""
+    task = get_task(bundle.task)
+    alone = replace(runtime, world=SINGLE)  # rank 0 probes alone: no collectives
+
+    def run(batch: int) -> None:
+        model = _network(cfg, geno, bundle, runtime)
+        model.drop_path_prob = cfg["drop_path_prob"]
+        stage = _Train(cfg, bundle, alone, model, _optimizer(cfg, model), split=False)
+        data = runtime.batch(torch.randn(batch, bundle.in_channels, *bundle.input_size),
+                             task.random_targets(batch, bundle.num_outputs))
+        for _ in range(2):
+            stage.step((data,), cfg["lr"], (1.0,))
+
+    return run
+
+
 class _Train(EpochStage):
     """One epoch of training with drop-path; the best held-out epoch's weights are kept."""
 
     def __init__(self, cfg: dict, bundle: DataBundle, runtime: Runtime, model: EvalNetwork,
-                 optimizer: torch.optim.Optimizer):
+                 optimizer: torch.optim.Optimizer, *, split: bool = True):
         self.cfg, self.bundle, self.runtime, self.model = cfg, bundle, runtime, model
         self.optimizer = optimizer
         self.task = get_task(bundle.task)
-        self.tr_idx, self.va_idx = split_indices(len(bundle.train), 1.0 - cfg["valid_fraction"],
-                                                 cfg["seed"])
+        self.tr_idx, self.va_idx = (split_indices(len(bundle.train), 1.0 - cfg["valid_fraction"],
+                                                  cfg["seed"]) if split else ([], []))
         self.best: dict[str, Any] = {"epoch": None, "value": None, "state": None}
 
     def schedule(self, epoch: int) -> Sequence[list]:
@@ -115,19 +149,27 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
     runtime = Runtime.resolve(cfg, device)
     bundle = load_data(data, data_root)
     world = runtime.world
-    fp = fingerprint({"stage": "train", "data": data, "data_source": bundle.source,
-                      "genotype": geno.to_dict(), "world_size": world.size,
-                      "cfg": {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}})
+    auto = cfg["batch_size"] == "auto"
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+
+    def fingerprint_of(batch: int) -> str:
+        run_cfg = effective_cfg(cfg, batch, auto)
+        return fingerprint({"stage": "train", "data": data, "data_source": bundle.source,
+                            "genotype": geno.to_dict(), "world_size": world.size,
+                            "cfg": {k: v for k, v in run_cfg.items() if k not in NON_RESULT_KEYS}})
 
     with runtime.determinism():
+        n_train = len(split_indices(len(bundle.train), 1.0 - cfg["valid_fraction"],
+                                    cfg["seed"])[0])
+        plan = plan_batch("train", cfg, train_probe(cfg, geno, bundle, runtime), runtime,
+                          samples=n_train, checkpoint=ckpt_path, fingerprint_of=fingerprint_of)
+        fp = fingerprint_of(plan.batch_size)
+        cfg = effective_cfg(cfg, plan.batch_size, auto)
         seed_everything(cfg["seed"])
-        model = runtime.model(EvalNetwork(geno, bundle.in_channels, cfg["init_channels"],
-                                          bundle.num_outputs, cfg["layers"],
-                                          auxiliary=cfg["auxiliary"]))
+        model = _network(cfg, geno, bundle, runtime)
         if world.size > 1:  # equal weights on every rank, then each rank its own drop-path
             seed_everything(derive_seed(cfg["seed"], "rank", world.rank))
-        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                              weight_decay=cfg["weight_decay"])
+        opt = _optimizer(cfg, model)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"],
                                                            eta_min=cfg["lr_min"])
         stage = _Train(cfg, bundle, runtime, model, opt)
@@ -135,14 +177,15 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
                  "(without auxiliary head)", bundle.name, bundle.task, len(bundle.train),
                  len(stage.tr_idx), len(stage.va_idx), runtime.describe(),
                  count_parameters(model))
-        checkpointer = Checkpointer(out_dir / "checkpoints" / "last.pt", fp, "train",
+        checkpointer = Checkpointer(ckpt_path, fp, "train",
                                     {"model": model, "optimizer": opt, "scheduler": sched}, world)
         loop = EpochLoop("train", cfg, model=model,
                          dataset=SeededDataset(bundle.train, cfg["seed"], cutout=cfg["cutout"]),
                          optimizer=opt, scheduler=sched, checkpointer=checkpointer,
                          task=stage.task, runtime=runtime, label=bundle.name,
                          out_dir=out_dir)
-        result = loop.run(stage)
+        with plan.guard(cfg):
+            result = loop.run(stage)
 
         best = stage.best
     if world.is_main:
@@ -150,6 +193,7 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
             "stage": "train",
             "metric": stage.task.metric,
             "data": bundle.source,
+            "batch": plan.record(),
             "selection": {"on": "valid" if stage.va_idx else "last epoch",
                           "metric": stage.task.metric, "best_epoch": best["epoch"],
                           "best_value": best["value"]},
@@ -157,9 +201,12 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
         })
         atomic_write_json(paths["timings.json"], {
             "stage": "train", "device": str(runtime.device), "nas_core_version": __version__,
-            "epochs": result.timings, "total_seconds": result.total_seconds()})
+            "epochs": result.timings, "total_seconds": result.total_seconds(),
+            "memory": plan.memory_record()})
         atomic_torch_save(best["state"] if best["state"] is not None else state_dict_cpu(model),
                           paths["model.pt"])
+    if world.is_main:
+        plan.log_peak()
     log.info("train done: model %s (epoch %s)", paths["model.pt"], best["epoch"])
     last = result.history[-1] if result.history else {}
     return {
