@@ -3,7 +3,8 @@
 # (paper's search network, 3x32x32, C=16, 8 cells: batch 64 first and second order, each
 # also replayed as a CUDA graph, and each implementation at the largest candidate batch it
 # fits), ours in bf16 autocast + channels_last against the reference in float32 on the same GPU
-# in the same call.
+# in the same call; then the memory estimate against the measured peak and the largest graphene
+# search batch with and without recompute (benchmarks/memory_estimate.py).
 #
 #   bash benchmarks/gpu_check.sh            # REF=path/to/reference_darts.py (default .bench_ref/)
 #
@@ -28,4 +29,8 @@ timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/search_step.py --preset gpu --refer
 echo "== data-parallel training (NCCL), 1..all visible GPUs"
 timeout ${SCALE_TIMEOUT:-120} $PY benchmarks/train_scaling.py --preset gpu --steps 5 --warmup 2 \
     2>&1 | tee "$OUT/train_scaling.txt"
+echo "== memory: the stages' estimate against torch.cuda.max_memory_allocated; the largest"
+echo "   graphene (1x30x80, C=16, 8 cells) search batch on this card, with and without recompute"
+timeout ${MEMORY_TIMEOUT:-200} $PY benchmarks/memory_estimate.py --device cuda --largest graphene \
+    --json "$OUT/memory_estimate.json" 2>&1 | tee "$OUT/memory_estimate.txt"
 echo "== done"

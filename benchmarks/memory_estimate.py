@@ -11,6 +11,12 @@ also holds the code pages the step touches and what the C allocator keeps.
     python benchmarks/memory_estimate.py                 # CPU: the configurations below
     python benchmarks/memory_estimate.py --device cuda   # the same on a GPU
     python benchmarks/memory_estimate.py --only graphene --json out.json
+    python benchmarks/memory_estimate.py --device cuda --largest graphene   # + batch_size auto
+    python benchmarks/memory_estimate.py --largest graphene --budget 4GiB   # on the CPU
+
+``--largest NAME`` also prints the batch ``batch_size: auto`` chooses for the configuration
+(``nas_core.memory.choose_batch``: the largest measured fit, no margin) with and without
+``recompute``, within ``--budget`` (default: the device's free memory).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import torch  # noqa: E402
 
 from nas_core.config import validate_stage_cfg  # noqa: E402
 from nas_core.genotypes import get_genotype  # noqa: E402
-from nas_core.memory import estimate, peak_bytes  # noqa: E402
+from nas_core.memory import choose_batch, device_budget, estimate, peak_bytes  # noqa: E402
+from nas_core.sizes import format_bytes, parse_bytes  # noqa: E402
 from nas_core.stages.runtime import Runtime  # noqa: E402
 from nas_core.stages.search import search_probe  # noqa: E402
 from nas_core.stages.test import test_probe  # noqa: E402
@@ -53,8 +60,9 @@ CONFIGS = {
 }
 
 
-def probe_of(name: str, device: str):
+def probe_of(name: str, device: str, **overrides):
     stage, (c, h, w), outputs, task, settings, _ = CONFIGS[name]
+    settings = dict(settings, **overrides)
     bundle = SimpleNamespace(in_channels=c, input_size=(h, w), num_outputs=outputs, task=task)
     cfg = validate_stage_cfg(stage if stage != "test" else "train", settings)
     runtime = Runtime.resolve(cfg if stage != "test" else validate_stage_cfg("test", {}), device,
@@ -87,10 +95,11 @@ def child(name: str, device: str, batch: int) -> None:
     except OSError:
         pass
     t = time.perf_counter()
-    peak = peak_bytes(lambda: probe(batch), runtime.device)
-    out = {"peak_bytes": peak, "seconds": time.perf_counter() - t}
+    probe(batch)  # plain first: the RSS of the step without the profiler's event buffers
+    out = {"seconds": time.perf_counter() - t}
     if rss is not None and runtime.device.type == "cpu":
         out["rss_increase_bytes"] = (_status_kib("VmHWM:") - rss) * 1024
+    out["peak_bytes"] = peak_bytes(lambda: probe(batch), runtime.device)
     print(json.dumps(out))
 
 
@@ -100,13 +109,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="", help="comma-separated configuration names")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--largest", default="", help="configurations whose largest batch to find")
+    p.add_argument("--budget", default=None, help="memory budget for --largest, e.g. 4GiB")
+    p.add_argument("--skip-estimates", action="store_true", help="only --largest")
     p.add_argument("--child", nargs=2, metavar=("NAME", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
         child(args.child[0], args.device, int(args.child[1]))
         return
-    names = [n for n in args.only.split(",") if n] or list(CONFIGS)
+    names = [] if args.skip_estimates else [n for n in args.only.split(",") if n] or list(CONFIGS)
     rows = []
     print(f"{'configuration':<20} {'batch':>5} {'estimate':>10} {'measured':>10} {'error':>7} "
           f"{'probe s':>8} {'RSS incr.':>10}")
@@ -132,6 +144,22 @@ def main() -> None:
               f"{row['measured_bytes'] / 2**20:>6.0f} MiB {100 * row['error']:>+6.1f}% "
               f"{probe_seconds:>8.1f} "
               f"{'-' if rss is None else f'{rss / 2**20:.0f} MiB':>10}", flush=True)
+    for name in [n for n in args.largest.split(",") if n]:
+        for recompute in (False, True):
+            probe, runtime = probe_of(name, args.device, recompute=recompute)
+            budget, source = device_budget(runtime.device, None if args.budget is None
+                                           else parse_bytes(args.budget))
+            t = time.perf_counter()
+            batch, est, points = choose_batch(probe, runtime.device, budget, margin=0.0)
+            row = {"name": name, "largest_batch": batch, "recompute": recompute,
+                   "budget_bytes": budget, "budget_source": source,
+                   "peak_at_batch_bytes": dict(points).get(batch), "probes": points,
+                   "seconds": time.perf_counter() - t}
+            rows.append(row)
+            print(f"{name}: largest batch {batch} with recompute {recompute} within "
+                  f"{format_bytes(budget)} ({source}): measured peak "
+                  f"{format_bytes(row['peak_at_batch_bytes'])}, {len(points)} probe steps, "
+                  f"{row['seconds']:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -39,7 +39,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from nas_core.architect import Architect, search_step  # noqa: E402
 from nas_core.genotypes import DARTS_V2  # noqa: E402
-from nas_core.memory import format_bytes, peak_bytes  # noqa: E402
+from nas_core.memory import peak_bytes  # noqa: E402
+from nas_core.sizes import format_bytes  # noqa: E402
 from nas_core.model_eval import EvalNetwork  # noqa: E402
 from nas_core.model_search import SearchNetwork  # noqa: E402
 

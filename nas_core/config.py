@@ -278,10 +278,13 @@ SELECT_DEFAULTS: dict[str, Any] = defaults("select")
 #: Keys that do not change a stage's results; left out of checkpoint fingerprints.  ``seeds``
 #: is the workflow's list of search jobs: a search run uses ``seed`` alone.
 #: ``memory_limit`` / ``memory_margin`` only decide ``batch_size: auto``, whose choice enters the
-#: fingerprint itself; ``recompute`` gives the same gradients (a run may switch it on to resume
-#: after running out of memory).
+#: fingerprint itself, as do ``reference_batch_size`` / ``lr_scaling`` through the scaled ``lr``
+#: and ``lr_min`` (so checkpoints written before these keys existed still resume);
+#: ``recompute`` gives the same results (a run may switch it on to resume after running out of
+#: memory).
 NON_RESULT_KEYS = frozenset({"num_workers", "checkpoint_every_steps", "seeds", "memory_limit",
-                             "memory_margin", "recompute"})
+                             "memory_margin", "recompute", "reference_batch_size",
+                             "lr_scaling"})
 
 
 def search_seeds(cfg: Mapping[str, Any]) -> list[int]:

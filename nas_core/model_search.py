@@ -53,8 +53,8 @@ from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
                           SepConv, create_op)
 from nas_core.recompute import cell_indices, checkpointed, recompute_active, recompute_plan
-from nas_core.search_kernels import (WeightedSum, batch_norm, batch_norm_last, shared_batch_norm,
-                                     tracks_running_stats)
+from nas_core.search_kernels import (WeightedSum, batch_norm, batch_norm_last, max_pool,
+                                     shared_batch_norm, tracks_running_stats)
 
 __all__ = ["SearchNetwork", "SearchCell", "MixedOp", "EdgeInputCache", "channel_shuffle",
            "num_edges"]
@@ -252,8 +252,9 @@ class _PoolBatchNormPath(_OpPath):
                             and other.stride == self.stride and other_bn.training
                             and tracks_running_stats(other_bn)):
                         group.append(other_bn)
-            y = cache.pooled[self.key] = shared_batch_norm(self.pool(x), bn.eps, group,
-                                                           self.lean, cache.counters)
+            pooled = max_pool(self.pool, x) if self.lean else self.pool(x)
+            y = cache.pooled[self.key] = shared_batch_norm(pooled, bn.eps, group, self.lean,
+                                                           cache.counters)
         return y
 
 
@@ -379,7 +380,8 @@ class MixedOp(nn.Module):
         if self.stride == 2:
             rest = cache.bypass
             if rest is None:
-                rest = cache.bypass = F.max_pool2d(x[:, c:], 2, 2)
+                rest = cache.bypass = (max_pool(None, x[:, c:], 2, 2) if self.lean_batchnorm
+                                       else F.max_pool2d(x[:, c:], 2, 2))
         else:
             rest = x[:, c:]
         return channel_shuffle(torch.cat([mixed, rest], dim=1), k)

@@ -12,7 +12,10 @@ BatchNorm running statistics) with fewer kernels, fewer saved tensors or fewer g
   BatchNorm modules normalise alike, each module's running statistics updated as its own
   forward would (:func:`update_running_stats`);
 * :class:`WeightedSum`: ``sum_i w[slot_i] * y_i`` over every op output that enters one node, as
-  one graph node.
+  one graph node;
+* :class:`MaxPoolFromInput` / :func:`max_pool`: max pooling whose backward finds the maxima
+  again in its input (kept anyway: the node's average pooling keeps it too) instead of keeping
+  int64 indices, twice the size of the pooled float32 output.
 
 ``counters``: a list that collects the ``num_batches_tracked`` tensors of the BatchNorms that
 ran; the caller adds 1 to all of them at once (``torch._foreach_add_``) after the forward.
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 __all__ = ["LEAN_DTYPES", "tracks_running_stats", "batch_norm_factor", "update_running_stats",
            "BatchNormFromOutput", "batch_norm", "batch_norm_last", "shared_batch_norm",
-           "WeightedSum"]
+           "WeightedSum", "MaxPoolFromInput", "max_pool"]
 
 #: dtypes of the lean BatchNorm; reduced precision (bf16/fp16 under autocast) takes the plain path
 LEAN_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
@@ -244,3 +247,44 @@ class WeightedSum(torch.autograd.Function):
             if ctx.needs_input_grad[2 + i]:
                 grad_ys[i] = grad * ws[slot].to(grad.dtype)
         return (grad_w, None, *grad_ys)
+
+
+class MaxPoolFromInput(torch.autograd.Function):
+    """``F.max_pool2d(x, kernel, stride, padding)`` that keeps ``x`` for its backward and finds
+    the maxima again there (``max_pool2d_with_indices``: the same indices, ties included, as
+    autograd's own max pooling keeps), instead of keeping the int64 indices.  Not twice
+    differentiable."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.window = ([kernel, kernel], [stride, stride], [padding, padding])
+        return F.max_pool2d(x, kernel, stride, padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, = ctx.saved_tensors
+        kernel, stride, padding = ctx.window
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding)
+        gx = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, kernel, stride, padding,
+                                                             [1, 1], False, indices)
+        return gx, None, None, None
+
+
+def max_pool(pool: nn.Module | None, x: torch.Tensor, kernel: int = 2, stride: int = 2,
+             padding: int = 0) -> torch.Tensor:
+    """``pool(x)`` for an ``nn.MaxPool2d`` (or ``F.max_pool2d(x, kernel, stride, padding)`` when
+    ``pool`` is None) through :class:`MaxPoolFromInput` where it applies (float32/64, gradients
+    wanted, square window, no dilation or ceil mode); plainly otherwise."""
+    if pool is not None:
+        if type(pool) is not nn.MaxPool2d:
+            return pool(x)
+        k, s, p = pool.kernel_size, pool.stride, pool.padding
+        if (pool.dilation not in (1, (1, 1)) or pool.ceil_mode or pool.return_indices
+                or not all(isinstance(v, int) for v in (k, s, p))):
+            return pool(x)
+        kernel, stride, padding = k, s, p
+    if (x.dtype in LEAN_DTYPES and torch.is_grad_enabled() and x.requires_grad):
+        return MaxPoolFromInput.apply(x, kernel, stride, padding)
+    return F.max_pool2d(x, kernel, stride, padding) if pool is None else pool(x)

@@ -217,3 +217,25 @@ def _geno(tmp_path):
     if not path.exists():
         run_genotype("DARTS_V2", path)
     return path
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_from_input_equals_max_pool_and_keeps_no_indices(channels_last):
+    from nas_core.search_kernels import MaxPoolFromInput
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (3, 5, 9, 9), generator=g).double()  # many ties
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 5, 5, 5, generator=g, dtype=torch.float64)
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    ya, yb = torch.nn.functional.max_pool2d(a, 3, 2, 1), MaxPoolFromInput.apply(b, 3, 2, 1)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t,
+                                                  lambda t: t):
+        MaxPoolFromInput.apply(x.clone().requires_grad_(), 3, 1, 1)
+    assert saved == [torch.float64]  # the input only, no int64 indices

@@ -108,9 +108,8 @@ class BatchPlan:
         total = device_total(self.device) if self.budget_source != "memory_limit" else self.budget
         if self.estimate is not None and total:
             fits = self.estimate.largest_batch(total * (1 - self.margin))
-            fits = min(fits * max(1, self.batch_size // max(1, self.per_device)),
-                       self.batch_size - 1)
-            if fits >= 1:
+            fits *= max(1, self.batch_size // max(1, self.per_device))  # per device -> global
+            if 1 <= fits < self.batch_size:  # (not when the estimate itself said it fits)
                 out.append(f"batch_size {fits} (estimate)")
         if not self.auto:
             out.append("batch_size: auto")
