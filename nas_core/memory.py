@@ -14,8 +14,9 @@ allocation and free events of PyTorch's CPU allocator, read from ``torch.profile
 byte it holds is counted (the process's own ~0.5-0.7 GiB of libraries are not).
 
 :func:`choose_batch` turns a budget (the device's free memory on CUDA, or ``memory_limit``)
-into the largest batch whose measured peak fits, and :func:`oom_message` writes the one line
-a stage raises when a step runs out of memory anyway.
+into the largest batch whose measured peak fits, and :func:`is_out_of_memory` recognises the
+errors a step raises when it runs out of memory anyway (:mod:`nas_core.stages.budget` turns
+them into one line).
 """
 
 from __future__ import annotations
@@ -29,17 +30,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from nas_core.sizes import format_bytes
 
 __all__ = [
     "Estimate",
     "peak_bytes",
     "fit",
     "probe_batches",
+    "measure",
+    "estimate",
+    "device_total",
     "choose_batch",
     "device_budget",
     "is_out_of_memory",
-    "oom_message",
 ]
 
 #: A probe runs the stage's step at a batch size on the target device (building its own model).
@@ -210,11 +212,12 @@ def choose_batch(probe: Probe, device: torch.device, budget: int, *, margin: flo
 
 
 # -- the budget ----------------------------------------------------------------------------------
-def _meminfo_available() -> int | None:
+def _meminfo(key: str) -> int | None:
+    """``key`` of ``/proc/meminfo`` (e.g. ``MemAvailable``) in bytes; None when unreadable."""
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -231,7 +234,7 @@ def device_budget(device: torch.device, memory_limit: int | None) -> tuple[int, 
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device)
                    - torch.cuda.memory_allocated(device)), "free memory of the device"
-    avail = _meminfo_available()
+    avail = _meminfo("MemAvailable")
     if avail is None:
         raise ValueError("cannot read the available memory of this machine: set memory_limit")
     return avail, "available memory (MemAvailable)"
@@ -241,14 +244,7 @@ def device_total(device: torch.device) -> int | None:
     """Total memory of ``device`` (CUDA: the card; CPU: MemTotal), or None when unknown."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return _meminfo("MemTotal")
 
 
 # -- out of memory -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ running statistics updated once, the global RNG state as without.  Which cells:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from nas_core.genotypes import Genotype
 from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import FactorizedReduce, Identity, ReLUConvBN, create_op
-from nas_core.recompute import cell_indices, checkpointed, recompute_active, recompute_plan
+from nas_core.recompute import (RecomputedCells, checkpointed, recompute_active,
+                                recompute_plan)
 
 __all__ = ["EvalNetwork", "EvalCell", "AuxiliaryHead", "AuxiliaryPool", "drop_path",
            "count_parameters", "fill_num_batches_tracked"]
@@ -111,7 +112,7 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-class EvalNetwork(nn.Module):
+class EvalNetwork(RecomputedCells, nn.Module):
     """Original ``NetworkCIFAR`` generalised to ``in_channels`` inputs and ``num_outputs`` outputs.
 
     ``forward(x)``: in eval mode (inference) the logits tensor ``N x num_outputs``, so the
@@ -170,25 +171,6 @@ class EvalNetwork(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_outputs)
         self._recompute_cells = recompute_plan(sizes) if recompute else ()
-
-    @property
-    def recompute(self) -> bool:
-        """Whether cells' activations are recomputed in the backward pass (constructor, or
-        :attr:`recompute_cells` set; active in training mode with gradients on)."""
-        return bool(self._recompute_cells)
-
-    @property
-    def recompute_cells(self) -> tuple[int, ...]:
-        """Indices of the cells run under recomputation; () without ``recompute``.  By default
-        (:func:`nas_core.recompute.recompute_plan` on channels x pixels of each cell) the first
-        cells, leaving out the trailing ones whose activations together are no larger than the
-        largest recomputed cell's: leaving those out saves their recomputation without raising
-        the peak.  Assignable: any cell indices, e.g. ``range(len(net.cells))`` for all."""
-        return self._recompute_cells
-
-    @recompute_cells.setter
-    def recompute_cells(self, cells: Iterable[int]) -> None:
-        self._recompute_cells = cell_indices(cells, len(self.cells))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Eval mode: the logits; training mode: ``(logits, logits_aux or None)``."""

@@ -52,7 +52,8 @@ from nas_core.genotypes import Genotype, derive_genotype
 from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
 from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
                           SepConv, create_op)
-from nas_core.recompute import cell_indices, checkpointed, recompute_active, recompute_plan
+from nas_core.recompute import (RecomputedCells, checkpointed, recompute_active,
+                                recompute_plan)
 from nas_core.search_kernels import (WeightedSum, batch_norm, batch_norm_last, max_pool,
                                      shared_batch_norm, tracks_running_stats)
 
@@ -509,7 +510,7 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
-class SearchNetwork(nn.Module):
+class SearchNetwork(RecomputedCells, nn.Module):
     """The DARTS supernet: stem, ``layers`` cells (reductions at layers//3 and 2*layers//3), head.
 
     ``num_outputs`` is the number of classes, or 1 for regression.  ``partial_channels=K > 1``
@@ -602,25 +603,6 @@ class SearchNetwork(nn.Module):
     def fuse_node_sums(self) -> bool:
         """Whether plain-DARTS node sums are one graph node each (constructor)."""
         return self._fuse_node_sums
-
-    @property
-    def recompute(self) -> bool:
-        """Whether cells' activations are recomputed in the backward pass (constructor, or
-        :attr:`recompute_cells` set; active in training mode with gradients on)."""
-        return bool(self._recompute_cells)
-
-    @property
-    def recompute_cells(self) -> tuple[int, ...]:
-        """Indices of the cells run under recomputation; () without ``recompute``.  By default
-        (:func:`nas_core.recompute.recompute_plan` on channels x pixels of each cell) the first
-        cells, leaving out the trailing ones whose activations together are no larger than the
-        largest recomputed cell's: leaving those out saves their recomputation without raising
-        the peak.  Assignable: any cell indices, e.g. ``range(len(net.cells))`` for all."""
-        return self._recompute_cells
-
-    @recompute_cells.setter
-    def recompute_cells(self, cells: Iterable[int]) -> None:
-        self._recompute_cells = cell_indices(cells, len(self.cells))
 
     def replan(self) -> None:
         """Decide every op's path anew (automatic after a submodule assignment; needed by hand

@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["RestoredBuffers", "checkpointed", "recompute_active", "recompute_plan",
-           "cell_indices"]
+__all__ = ["RestoredBuffers", "RecomputedCells", "checkpointed", "recompute_active",
+           "recompute_plan", "cell_indices"]
 
 
 class RestoredBuffers:
@@ -106,3 +106,29 @@ def cell_indices(cells: Iterable[int], count: int) -> tuple[int, ...]:
         if not 0 <= i < count:
             raise ValueError(f"recompute_cells: cell index {i} out of range 0..{count - 1}")
     return tuple(out)
+
+
+class RecomputedCells:
+    """Mixin of the networks (a ``cells`` stack): which cells run under recomputation."""
+
+    _recompute_cells: tuple[int, ...] = ()
+    cells: nn.ModuleList
+
+    @property
+    def recompute(self) -> bool:
+        """Whether cells' activations are recomputed in the backward pass (constructor, or
+        :attr:`recompute_cells` set; active in training mode with gradients on)."""
+        return bool(self._recompute_cells)
+
+    @property
+    def recompute_cells(self) -> tuple[int, ...]:
+        """Indices of the cells run under recomputation; () without ``recompute``.  By default
+        (:func:`recompute_plan` on channels x pixels of each cell) the first cells, leaving out
+        the trailing ones whose activations together are no larger than the largest recomputed
+        cell's: leaving those out saves their recomputation without raising the peak.
+        Assignable: any cell indices, e.g. ``range(len(net.cells))`` for all."""
+        return self._recompute_cells
+
+    @recompute_cells.setter
+    def recompute_cells(self, cells: Iterable[int]) -> None:
+        self._recompute_cells = cell_indices(cells, len(self.cells))

@@ -17,9 +17,12 @@ ops), ``softmax`` {normal, reduce}, with PC-DARTS ``betas`` and ``edge_weights``
 betas per node), and ``weights`` {normal, reduce}: softmax x edge weight, the exact input of
 ``derive_genotype`` (equal to ``softmax`` without PC-DARTS).
 
-``history.json``: ``{"stage": "search", "metric": "top1"|"r2", "epochs": [{"epoch" (0-based),
+``history.json``: ``{"stage": "search", "metric": "top1"|"r2", "data", "batch": {"batch_size",
+"auto"}, "epochs": [{"epoch" (0-based),
 "lr", "train": {"loss", metric}, "valid": {"loss", metric}, "alphas": {"normal", "reduce"}
-(softmaxed), "genotype": {...}}]}``.
+(softmaxed), "genotype": {...}}]}``.  ``timings.json`` also holds ``"memory"``: the estimate,
+the budget and, on CUDA, the run's measured peak (:meth:`nas_core.stages.budget.BatchPlan.
+memory_record`).
 """
 
 from __future__ import annotations
@@ -236,7 +239,6 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
             "epochs": result.timings, "total_seconds": result.total_seconds(),
             "memory": plan.memory_record()})
         atomic_write_json(paths["alphas.json"], alphas_document(model, cfg["epochs"]))
-    if world.is_main:
         plan.log_peak()
     log.info("search done: %s", genotype.to_legacy())
     last = result.history[-1] if result.history else {}

@@ -127,7 +127,8 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
     image-folder class folders; the names are also in ``data.class_names``); regression:
     ``r2`` (over the whole split), ``mse``, ``mae``, ``loss`` (mean MSE), in the targets'
     original units also when the data standardised them (``standardize``)),
-    ``num_samples``, ``num_parameters`` (without the auxiliary head), ``genotype`` (dict),
+    ``num_samples``, ``batch`` (``{"batch_size", "auto"}``: the evaluation batch, chosen by
+    ``batch_size: auto`` or configured), ``num_parameters`` (without the auxiliary head), ``genotype`` (dict),
     ``genotype_source``, ``network`` (in_channels, num_outputs, layers, init_channels,
     auxiliary), ``model`` (path as given, sha256, bytes), ``data`` (the data layer's source
     identifiers) and ``nas_core_version``.

@@ -8,8 +8,9 @@ the best held-out metric (top-1, or R^2 for regression; the earliest epoch wins 
 
 Outputs in ``out_dir``: ``model.pt`` (state dict only), ``history.json`` (compared bit for bit
 between interrupted and uninterrupted runs), ``timings.json`` (wall-clock seconds; not
-reproducible, so kept apart).  Checkpoints: ``out_dir/checkpoints/last.pt`` (also holds the
-best weights so far).
+reproducible, so kept apart; with ``"memory"``: the estimate, the budget and, on CUDA, the run's
+measured peak).  ``history.json`` holds ``"batch": {"batch_size", "auto"}``, the batch the run
+used.  Checkpoints: ``out_dir/checkpoints/last.pt`` (also holds the best weights so far).
 """
 
 from __future__ import annotations
@@ -205,7 +206,6 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
             "memory": plan.memory_record()})
         atomic_torch_save(best["state"] if best["state"] is not None else state_dict_cpu(model),
                           paths["model.pt"])
-    if world.is_main:
         plan.log_peak()
     log.info("train done: model %s (epoch %s)", paths["model.pt"], best["epoch"])
     last = result.history[-1] if result.history else {}
