@@ -239,3 +239,16 @@ def test_max_pool_from_input_equals_max_pool_and_keeps_no_indices(channels_last)
                                                   lambda t: t):
         MaxPoolFromInput.apply(x.clone().requires_grad_(), 3, 1, 1)
     assert saved == [torch.float64]  # the input only, no int64 indices
+
+
+def test_data_parallel_auto_batch_and_a_plan_that_fails_on_rank_0(tmp_path):
+    from nas_core.distributed import DistributedError
+
+    cfg = dict(SEARCH, batch_size="auto", memory_limit="16MiB", memory_margin=0.0)
+    run_search(DIGITS, cfg, tmp_path / "s", device="cpu", nproc=2)
+    memory = json.loads((tmp_path / "s" / "timings.json").read_text())["memory"]
+    assert memory["batch_size"] == 2 * memory["per_device_batch"] > 2
+    # rank 0 cannot plan: both processes stop, with rank 0's one line
+    with pytest.raises(DistributedError, match=r"not even one sample per device fits"):
+        run_search(DIGITS, dict(cfg, memory_limit=1024), tmp_path / "t", device="cpu",
+                   nproc=2)

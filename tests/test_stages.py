@@ -279,9 +279,10 @@ def test_digits_search_genotype_train_test(tmp_path):
                       tmp_path / "train" / "model.pt", tmp_path / "test.json", device="cpu")
     saved = json.loads((tmp_path / "test.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert set(saved) == {"dataset", "task", "metrics", "num_samples", "num_parameters",
-                          "genotype", "genotype_source", "network", "model", "data",
-                          "nas_core_version"}
+    assert set(saved) == {"dataset", "task", "metrics", "num_samples", "batch",
+                          "num_parameters", "genotype", "genotype_source", "network", "model",
+                          "data", "nas_core_version"}
+    assert saved["batch"] == {"batch_size": 256, "auto": False}
     assert saved["dataset"] == "digits" and saved["task"] == "classification"
     m = saved["metrics"]
     assert set(m) == {"top1", "top5", "loss", "per_class_accuracy"}

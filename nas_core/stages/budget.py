@@ -175,11 +175,20 @@ def plan_batch(stage: str, cfg: dict, probe: Probe, runtime: Runtime, *, samples
     that batch.  In a data-parallel run rank 0 measures and every rank gets its plan."""
     world, device = runtime.world, runtime.device
     auto = cfg["batch_size"] == "auto"
-    plan = None
+    plan, failed = None, None
     if world.is_main:
-        plan = _plan(stage, cfg, probe, device, world.size, auto, samples, checkpoint,
-                     fingerprint_of)
-    plan = world.broadcast(plan)
+        try:
+            plan = _plan(stage, cfg, probe, device, world.size, auto, samples, checkpoint,
+                         fingerprint_of)
+        except Exception as exc:  # noqa: BLE001 - every rank stops, not only rank 0
+            if world.size == 1:
+                raise
+            failed = exc
+    plan, reason = world.broadcast((plan, None if failed is None else one_line(failed)))
+    if failed is not None:
+        raise failed
+    if reason is not None:
+        raise StageError(f"{stage}: rank 0 could not plan the batch: {reason}")
     plan = replace(plan, device=device)
     if device.type == "cuda":  # the run's own peak from here on (memory_record, log_peak)
         torch.cuda.reset_peak_memory_stats(device)
