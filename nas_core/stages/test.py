@@ -107,6 +107,9 @@ def test_probe(train_cfg: dict, geno, bundle, runtime: Runtime) -> Probe:
     return run
 
 
+test_probe.__test__ = False  # a stage function, not a pytest test where it is imported
+
+
 def _resolve_genotype(genotype: str | Path):
     p = Path(genotype)
     if p.is_file() and p.suffix == ".json":
