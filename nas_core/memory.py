@@ -148,7 +148,7 @@ def estimate(probe: Probe, device: torch.device, batch: int | None = None) -> Es
 
 
 def choose_batch(probe: Probe, device: torch.device, budget: int, *, margin: float = 0.1,
-                 maximum: int | None = None, estimate_: Estimate | None = None,
+                 maximum: int | None = None,
                  max_probes: int = 14) -> tuple[int, Estimate, list[tuple[int, int]]]:
     """The largest batch whose *measured* peak stays within ``budget * (1 - margin)`` bytes.
 
@@ -161,7 +161,7 @@ def choose_batch(probe: Probe, device: torch.device, budget: int, *, margin: flo
     the measured points on both sides of the answer when there are such; batch 0 when not even
     one sample fits."""
     target = budget * (1.0 - margin)
-    est = estimate_ or estimate(probe, device)
+    est = estimate(probe, device)
     points = dict(est.measured)
     cap = maximum if maximum is not None else 1 << 24
 

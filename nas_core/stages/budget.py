@@ -27,7 +27,7 @@ from nas_core.sizes import format_bytes
 from nas_core.stages.common import StageError
 from nas_core.stages.runtime import Runtime
 
-__all__ = ["BatchPlan", "plan_batch", "effective_cfg"]
+__all__ = ["BatchPlan", "plan_batch", "measure_plan", "effective_cfg"]
 
 log = logging.getLogger("nas_core.stages")
 
@@ -174,12 +174,12 @@ def plan_batch(stage: str, cfg: dict, probe: Probe, runtime: Runtime, *, samples
     checkpoint was written with, when the checkpoint's fingerprint is this configuration's at
     that batch.  In a data-parallel run rank 0 measures and every rank gets its plan."""
     world, device = runtime.world, runtime.device
-    auto = cfg["batch_size"] == "auto"
     plan, failed = None, None
     if world.is_main:
         try:
-            plan = _plan(stage, cfg, probe, device, world.size, auto, samples, checkpoint,
-                         fingerprint_of)
+            plan = measure_plan(stage, cfg, probe, device, samples=samples,
+                                world_size=world.size, checkpoint=checkpoint,
+                                fingerprint_of=fingerprint_of)
         except Exception as exc:  # noqa: BLE001 - every rank stops, not only rank 0
             if world.size == 1:
                 raise
@@ -214,9 +214,12 @@ def _lr_note(cfg: dict, batch: int) -> str:
             f"{cfg['reference_batch_size']}, lr_scaling linear)")
 
 
-def _plan(stage: str, cfg: dict, probe: Probe, device: torch.device, world_size: int,
-          auto: bool, samples: int, checkpoint: Path | None,
-          fingerprint_of: Callable[[int], str] | None) -> BatchPlan:
+def measure_plan(stage: str, cfg: dict, probe: Probe, device: torch.device, *, samples: int,
+                 world_size: int = 1, checkpoint: Path | None = None,
+                 fingerprint_of: Callable[[int], str] | None = None) -> BatchPlan:
+    """The plan of one process, measured on ``device`` and not logged (:func:`plan_batch` runs
+    it on rank 0; the ``memory`` command runs it alone)."""
+    auto = cfg["batch_size"] == "auto"
     margin = float(cfg.get("memory_margin", 0.1))
     try:
         budget, source = device_budget(device, cfg.get("memory_limit"))

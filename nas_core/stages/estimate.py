@@ -1,9 +1,9 @@
 """``python -m nas_core memory STAGE``: a stage's expected peak memory without running it.
 
 The stage's own probe (:func:`nas_core.stages.search.search_probe`, ``train_probe``,
-``test_probe``) runs a few steps at small batches on the target device and the fitted line
-gives the expected peak per device for the configured batch and for any list of batch sizes;
-with ``batch_size: auto`` the batch the stage would choose is measured too.
+``test_probe``) and the stages' own planning (:func:`nas_core.stages.budget.measure_plan`):
+the expected peak per device for the configured batch and for any list of batch sizes; with
+``batch_size: auto`` the batch the stage would choose, measured the same way.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from typing import Any, Sequence
 import torch
 
 from nas_core.config import validate_stage_cfg
-from nas_core.data import load_data, split_indices
-from nas_core.memory import choose_batch, device_budget, device_total, estimate
+from nas_core.data import load_data
+from nas_core.memory import device_total
 from nas_core.sizes import format_bytes
+from nas_core.stages.budget import measure_plan
 from nas_core.stages.genotype import load_genotype_source
 from nas_core.stages.runtime import Runtime
-from nas_core.stages.search import search_probe
+from nas_core.stages.search import search_probe, search_split
 from nas_core.stages.test import test_probe
-from nas_core.stages.train import train_probe
+from nas_core.stages.train import train_probe, train_split
 
 __all__ = ["estimate_stage", "format_estimate", "MEMORY_STAGES"]
 
@@ -37,42 +38,33 @@ def estimate_stage(stage: str, data: dict, cfg: dict, *, train_cfg: dict | None 
     for ``batch_sizes``: a plain dict (see :func:`format_estimate`)."""
     block = "train" if stage == "select" else stage
     cfg = validate_stage_cfg(stage, cfg)
+    train_cfg = validate_stage_cfg("train", train_cfg)
     runtime = Runtime.resolve(cfg, device, channels_last=(
-        validate_stage_cfg("train", train_cfg)["channels_last"] if stage == "test" else None))
+        train_cfg["channels_last"] if stage == "test" else None))
     bundle = load_data(data, data_root)
     if block == "search":
         probe = search_probe(cfg, bundle, runtime)
-        samples = len(split_indices(len(bundle.train), cfg["train_portion"], cfg["seed"])[0])
+        samples = len(search_split(cfg, bundle)[0])
     else:
         geno = load_genotype_source(genotype)
         if block == "train":
             probe = train_probe(cfg, geno, bundle, runtime)
-            samples = len(bundle.train)
+            samples = len(train_split(cfg, bundle)[0])
         else:
-            probe = test_probe(validate_stage_cfg("train", train_cfg), geno, bundle, runtime)
+            probe = test_probe(train_cfg, geno, bundle, runtime)
             samples = len(bundle.test)
-    dev = runtime.device
-    configured = cfg["batch_size"]
     with runtime.determinism():
-        est = estimate(probe, dev, None if configured == "auto" else configured)
-        try:
-            budget, source = device_budget(dev, cfg.get("memory_limit"))
-        except ValueError:
-            budget, source = None, None
-        margin = cfg.get("memory_margin", 0.1)
-        chosen = None
-        if configured == "auto" and budget is not None:
-            chosen, est, _ = choose_batch(probe, dev, budget, margin=margin, maximum=samples,
-                                          estimate_=est)
-    sizes = sorted(set(batch_sizes) | ({configured} if configured != "auto" else set())
-                   | ({chosen} if chosen else set()))
+        plan = measure_plan(stage, cfg, probe, runtime.device, samples=max(1, samples))
+    est, budget, margin = plan.estimate, plan.budget, plan.margin
+    chosen = plan.batch_size if plan.auto else None
+    sizes = sorted(set(batch_sizes) | {plan.batch_size})
     limit = None if budget is None else budget * (1 - margin)
     return {
-        "stage": stage, "dataset": bundle.name, "device": str(dev),
+        "stage": stage, "dataset": bundle.name, "device": str(runtime.device),
         "settings": runtime.describe(),
-        "budget_bytes": budget, "budget_source": source, "margin": margin,
-        "device_total_bytes": device_total(dev),
-        "batch_size": configured, "auto_batch": chosen,
+        "budget_bytes": budget, "budget_source": plan.budget_source, "margin": margin,
+        "device_total_bytes": device_total(runtime.device),
+        "batch_size": cfg["batch_size"], "auto_batch": chosen,
         "largest_batch_by_estimate": None if limit is None else est.largest_batch(limit),
         "estimate": est.to_dict(),
         "rows": [{"batch": b, "expected_peak_bytes": est.at(b),

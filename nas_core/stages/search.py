@@ -50,7 +50,7 @@ from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
 from nas_core.tasks import Task, get_task
 
-__all__ = ["run_search", "search_probe", "alphas_document", "OUTPUTS"]
+__all__ = ["run_search", "search_probe", "search_split", "alphas_document", "OUTPUTS"]
 
 log = logging.getLogger("nas_core.stages.search")
 
@@ -82,6 +82,11 @@ def alphas_document(model: SearchNetwork, epochs: int) -> dict[str, Any]:
     # exactly what SearchNetwork.genotype() feeds to derive_genotype (float32 products)
     doc["weights"] = {"normal": _matrix(wn * en[:, None]), "reduce": _matrix(wr * er[:, None])}
     return doc
+
+
+def search_split(cfg: dict, bundle: DataBundle) -> tuple[list[int], list[int]]:
+    """The training part's indices that train the weights, and those that train the alphas."""
+    return split_indices(len(bundle.train), cfg["train_portion"], cfg["seed"])
 
 
 def _network(cfg: dict, bundle: DataBundle, runtime: Runtime) -> SearchNetwork:
@@ -121,11 +126,11 @@ class _Search(EpochStage):
     """One epoch of bilevel search: batches of the weight half, the alpha half cycled."""
 
     def __init__(self, cfg: dict, bundle: DataBundle, runtime: Runtime, model: SearchNetwork,
-                 w_opt: torch.optim.Optimizer, architect: Architect):
+                 w_opt: torch.optim.Optimizer, architect: Architect,
+                 split: tuple[list[int], list[int]]):
         self.cfg, self.bundle, self.runtime, self.model = cfg, bundle, runtime, model
         self.task = get_task(bundle.task)
-        self.w_idx, self.a_idx = split_indices(len(bundle.train), cfg["train_portion"],
-                                               cfg["seed"])
+        self.w_idx, self.a_idx = split
         self.architect = architect
         self.w_opt = w_opt
         self.search_step = None
@@ -202,9 +207,10 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
                             "cfg": {k: v for k, v in run_cfg.items() if k not in NON_RESULT_KEYS}})
 
     with runtime.determinism():
-        n_weights = len(split_indices(len(bundle.train), cfg["train_portion"], cfg["seed"])[0])
+        split = search_split(cfg, bundle)
         plan = plan_batch("search", cfg, search_probe(cfg, bundle, runtime), runtime,
-                          samples=n_weights, checkpoint=ckpt_path, fingerprint_of=fingerprint_of)
+                          samples=len(split[0]), checkpoint=ckpt_path,
+                          fingerprint_of=fingerprint_of)
         fp = fingerprint_of(plan.batch_size)
         cfg = effective_cfg(cfg, plan.batch_size, auto)
         seed_everything(cfg["seed"])
@@ -214,7 +220,7 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
         w_opt, architect = _optimizers(cfg, model, get_task(bundle.task))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg["epochs"],
                                                            eta_min=cfg["lr_min"])
-        stage = _Search(cfg, bundle, runtime, model, w_opt, architect)
+        stage = _Search(cfg, bundle, runtime, model, w_opt, architect, split)
         log.info("search on %s (%s, %d samples: %d for weights, %d for alphas) on %s",
                  bundle.name, bundle.task, len(bundle.train), len(stage.w_idx),
                  len(stage.a_idx), runtime.describe())

@@ -38,11 +38,16 @@ from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
 from nas_core.tasks import get_task
 
-__all__ = ["run_train", "train_probe", "OUTPUTS"]
+__all__ = ["run_train", "train_probe", "train_split", "OUTPUTS"]
 
 log = logging.getLogger("nas_core.stages.train")
 
 OUTPUTS = ("model.pt", "history.json", "timings.json")
+
+
+def train_split(cfg: dict, bundle: DataBundle) -> tuple[list[int], list[int]]:
+    """The training part's indices that train the weights, and the held-out ones."""
+    return split_indices(len(bundle.train), 1.0 - cfg["valid_fraction"], cfg["seed"])
 
 
 def _network(cfg: dict, geno: Genotype, bundle: DataBundle, runtime: Runtime) -> EvalNetwork:
@@ -66,7 +71,7 @@ def train_probe(cfg: dict, geno: Genotype, bundle: DataBundle, runtime: Runtime)
     def run(batch: int) -> None:
         model = _network(cfg, geno, bundle, runtime)
         model.drop_path_prob = cfg["drop_path_prob"]
-        stage = _Train(cfg, bundle, alone, model, _optimizer(cfg, model), split=False)
+        stage = _Train(cfg, bundle, alone, model, _optimizer(cfg, model), ([], []))
         data = runtime.batch(torch.randn(batch, bundle.in_channels, *bundle.input_size),
                              task.random_targets(batch, bundle.num_outputs))
         for _ in range(2):
@@ -79,12 +84,11 @@ class _Train(EpochStage):
     """One epoch of training with drop-path; the best held-out epoch's weights are kept."""
 
     def __init__(self, cfg: dict, bundle: DataBundle, runtime: Runtime, model: EvalNetwork,
-                 optimizer: torch.optim.Optimizer, *, split: bool = True):
+                 optimizer: torch.optim.Optimizer, split: tuple[list[int], list[int]]):
         self.cfg, self.bundle, self.runtime, self.model = cfg, bundle, runtime, model
         self.optimizer = optimizer
         self.task = get_task(bundle.task)
-        self.tr_idx, self.va_idx = (split_indices(len(bundle.train), 1.0 - cfg["valid_fraction"],
-                                                  cfg["seed"]) if split else ([], []))
+        self.tr_idx, self.va_idx = split
         self.best: dict[str, Any] = {"epoch": None, "value": None, "state": None}
 
     def schedule(self, epoch: int) -> Sequence[list]:
@@ -160,10 +164,10 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
                             "cfg": {k: v for k, v in run_cfg.items() if k not in NON_RESULT_KEYS}})
 
     with runtime.determinism():
-        n_train = len(split_indices(len(bundle.train), 1.0 - cfg["valid_fraction"],
-                                    cfg["seed"])[0])
+        split = train_split(cfg, bundle)
         plan = plan_batch("train", cfg, train_probe(cfg, geno, bundle, runtime), runtime,
-                          samples=n_train, checkpoint=ckpt_path, fingerprint_of=fingerprint_of)
+                          samples=len(split[0]), checkpoint=ckpt_path,
+                          fingerprint_of=fingerprint_of)
         fp = fingerprint_of(plan.batch_size)
         cfg = effective_cfg(cfg, plan.batch_size, auto)
         seed_everything(cfg["seed"])
@@ -173,7 +177,7 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
         opt = _optimizer(cfg, model)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"],
                                                            eta_min=cfg["lr_min"])
-        stage = _Train(cfg, bundle, runtime, model, opt)
+        stage = _Train(cfg, bundle, runtime, model, opt, split)
         log.info("train on %s (%s, %d samples: %d train, %d held out) on %s; %d parameters "
                  "(without auxiliary head)", bundle.name, bundle.task, len(bundle.train),
                  len(stage.tr_idx), len(stage.va_idx), runtime.describe(),
