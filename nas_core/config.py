@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
+from nas_core.errors import NasCoreError
 from nas_core.sizes import SIZE_PATTERN, parse_bytes
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 STAGES = ("search", "train", "test", "select")
 
 
-class ConfigError(ValueError):
+class ConfigError(NasCoreError, ValueError):
     """A bad configuration value; the message is one line naming the key."""
 
 

@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nas_core.errors import is_known, one_line
+from nas_core.errors import NasCoreError, is_known, one_line
 
 __all__ = ["World", "SINGLE", "current_world", "launch", "data_parallel", "slurm_env",
            "init_process_group", "DistributedError"]
@@ -52,7 +52,7 @@ __all__ = ["World", "SINGLE", "current_world", "launch", "data_parallel", "slurm
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-class DistributedError(RuntimeError):
+class DistributedError(NasCoreError, RuntimeError):
     """A rank of a data-parallel run failed; the message names the rank and its error."""
 
 

@@ -3,32 +3,22 @@ project takes.
 
 A *known* error is one whose message alone tells the user what is wrong (a bad config key, a
 NaN in a data file, a malformed genotype, a failed download, a full disk): the CLI and the
-workflow jobs print ``error: <one line>`` for it, with no traceback on the console.  Any other
-exception is a bug or an unforeseen failure and keeps its traceback.
+workflow jobs print ``error: <one line>`` for it, with no traceback on the console.  Every
+known error class of the project derives from :class:`NasCoreError` (and keeps its own
+built-in base: ``ConfigError`` is also a ``ValueError``); any other exception is a bug or an
+unforeseen failure and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
-import sys
 
-__all__ = ["one_line", "is_known", "known_errors", "KNOWN_ERROR_NAMES", "DISK_ERRNOS"]
+__all__ = ["NasCoreError", "one_line", "is_known", "known_errors", "DISK_ERRNOS"]
 
-#: The known error classes, as (module, class name): imported lazily, so that this module
-#: stays importable from every other one.  Subclasses count (DownloadError is a DataError).
-KNOWN_ERROR_NAMES: tuple[tuple[str, str], ...] = (
-    ("nas_core.config", "ConfigError"),
-    ("nas_core.data.base", "DataError"),
-    ("nas_core.genotypes", "GenotypeError"),
-    ("nas_core.legacy", "LegacyFormatError"),
-    ("nas_core.checkpoint", "CheckpointError"),
-    ("nas_core.stages.common", "StageError"),
-    ("nas_core.gpu", "GPUError"),
-    ("nas_core.fileio", "WriteError"),
-    ("nas_core.distributed", "DistributedError"),
-    ("nas_core.inference", "InferenceError"),
-)
+
+class NasCoreError(Exception):
+    """The base of the project's known errors: the message is one line that names the file,
+    key or value at fault."""
 
 #: An OSError with one of these errno values is known whatever raised it: the disk (full,
 #: quota, file-size limit, read-only), not the code, is at fault.
@@ -56,21 +46,18 @@ def one_line(exc: BaseException | str, limit: int | None = None) -> str:
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
-    """The known error classes (imports their modules), e.g. for ``except known_errors():``;
-    a disk OSError (:data:`DISK_ERRNOS`) is known too, see :func:`is_known`."""
-    out = []
-    for module, name in KNOWN_ERROR_NAMES:
-        out.append(getattr(importlib.import_module(module), name))
+    """The known error classes defined so far (:class:`NasCoreError` and its subclasses in the
+    modules imported); a disk OSError (:data:`DISK_ERRNOS`) is known too, see
+    :func:`is_known`."""
+    out, todo = [], [NasCoreError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
     return tuple(out)
 
 
 def is_known(exc: BaseException) -> bool:
-    """Whether ``exc`` is a known error (its one line says it all).
-
-    Looks only at modules already imported: an exception of a class never imported cannot
-    have been raised, and a failing job need not import torch to decide."""
-    for module, name in KNOWN_ERROR_NAMES:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(exc, cls):
-            return True
-    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+    """Whether ``exc`` is a known error (its one line says it all)."""
+    return isinstance(exc, NasCoreError) or (isinstance(exc, OSError)
+                                             and exc.errno in DISK_ERRNOS)

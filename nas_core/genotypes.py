@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from nas_core.errors import NasCoreError
 from nas_core.fileio import atomic_write_text
 from nas_core.ops import PRIMITIVES, has_op, list_ops
 
@@ -38,7 +39,7 @@ CellSpec = tuple[tuple[str, int], ...]
 _FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
 
-class GenotypeError(ValueError):
+class GenotypeError(NasCoreError, ValueError):
     """A genotype (or its JSON / legacy text) is malformed; the message names the fault."""
 
 

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from nas_core.errors import NasCoreError
+
 __all__ = ["acquire_gpus", "visible_gpus", "default_lock_dir", "GPUError", "ENV_LOCK_DIR",
            "ENV_FAKE_COUNT"]
 
@@ -58,7 +60,7 @@ ENV_FAKE_COUNT = "NAS_CORE_FAKE_GPU_COUNT"
 _SAID_NO_GPU = False
 
 
-class GPUError(RuntimeError):
+class GPUError(NasCoreError, RuntimeError):
     """A GPU request that cannot be met (more GPUs asked for than the machine has)."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from nas_core.errors import NasCoreError
 from nas_core.genotypes import Genotype, GenotypeError, parse_legacy_genotype
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class LegacyFormatError(ValueError):
+class LegacyFormatError(NasCoreError, ValueError):
     """A legacy file does not have the expected format; the message names file and line."""
 
 

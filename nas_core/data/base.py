@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nas_core.errors import one_line
+from nas_core.errors import NasCoreError, one_line
 from nas_core.fileio import sha256_file
 
 __all__ = ["DataError", "DownloadError", "DataBundle", "ArrayDataset", "file_info",
@@ -19,7 +19,7 @@ __all__ = ["DataError", "DownloadError", "DataBundle", "ArrayDataset", "file_inf
            "typed_line"]
 
 
-class DataError(ValueError):
+class DataError(NasCoreError, ValueError):
     """Bad or missing data; the message is one line naming the file, variable or value."""
 
 
