@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import random
 from pathlib import Path
@@ -29,20 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_core.errors import one_line
-from nas_core.fileio import (WriteError, atomic_write_bytes, atomic_write_text, fsync_dir,
-                             sha256_file)
+from nas_core.errors import NasCoreError, one_line
+from nas_core.fileio import atomic_write_bytes, fsync_dir, to_plain
 
 __all__ = [
     "CheckpointError",
-    "WriteError",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "atomic_write_json",
     "atomic_torch_save",
     "torch_save_bytes",
-    "dumps_json",
-    "sha256_file",
     "fingerprint",
     "peek_checkpoint",
     "get_rng_state",
@@ -58,56 +50,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(NasCoreError, RuntimeError):
     """A checkpoint could not be read (it has been moved aside)."""
-
-
-# -- atomic writes (nas_core.fileio) --------------------------------------------------------
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-able copy: numpy / torch scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _plain(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _plain(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _format(obj: Any, level: int) -> str:
-    pad, inner = "  " * level, "  " * (level + 1)
-    if isinstance(obj, dict):
-        if not obj:
-            return "{}"
-        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {_format(v, level + 1)}"
-                 for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list):
-        if all(not isinstance(v, (dict, list)) for v in obj):  # scalars: one line
-            return json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
-        return "[\n" + ",\n".join(inner + _format(v, level + 1) for v in obj) + "\n" + pad + "]"
-    return json.dumps(obj, allow_nan=False, ensure_ascii=False)
-
-
-def dumps_json(obj: Any) -> str:
-    """The project's JSON text: plain types, 2-space indent with lists of scalars on one line,
-    key order kept, NaN/inf as null, one trailing newline.  Deterministic for equal inputs."""
-    return _format(_plain(obj), 0) + "\n"
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write :func:`dumps_json` of ``obj`` atomically."""
-    return atomic_write_text(path, dumps_json(obj))
 
 
 def torch_save_bytes(obj: Any) -> bytes:
@@ -126,7 +70,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, *, what: str = "") -> P
 
 def fingerprint(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys, compact separators)."""
-    text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import yaml
 
 from nas_core import __version__
-from nas_core.checkpoint import dumps_json
+from nas_core.fileio import dumps_json
 from nas_core.config import SEARCH_DEFAULTS, STAGES, ConfigError, describe
 from nas_core.data import download_data
 from nas_core.distributed import slurm_env

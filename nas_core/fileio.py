@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from nas_core.errors import one_line
+from nas_core.errors import NasCoreError, one_line
 
-__all__ = ["WriteError", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "sha256_file"]
+__all__ = ["WriteError", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "dumps_json", "to_plain", "fsync_dir", "sha256_file"]
 
 _WHY = {
     errno.ENOSPC: "no space left on device",
@@ -29,7 +33,7 @@ _WHY = {
 }
 
 
-class WriteError(OSError):
+class WriteError(NasCoreError, OSError):
     """Writing ``path`` failed; ``errno`` is the cause's, ``cause`` the original OSError.
 
     One-line message: ``cannot write {what} {path}: {why}; {what the old file did}``."""
@@ -130,3 +134,50 @@ def sha256_file(path: str | os.PathLike) -> str:
                 h.update(chunk)
         _SHA256_CACHE[key] = h.hexdigest()
     return _SHA256_CACHE[key]
+
+
+# -- JSON: the project's one text form of a document -------------------------------------------
+def to_plain(obj: Any) -> Any:
+    """JSON-able copy: arrays and scalars of numpy or torch (anything with ``tolist``) to
+    Python, non-finite floats to None, paths to text, mapping keys to text."""
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        if hasattr(obj, "detach"):  # a torch tensor: no autograd, on the CPU
+            obj = obj.detach().cpu()
+        return to_plain(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _format(obj: Any, level: int) -> str:
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {_format(v, level + 1)}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list):
+        if all(not isinstance(v, (dict, list)) for v in obj):  # scalars: one line
+            return json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
+        return "[\n" + ",\n".join(inner + _format(v, level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj, allow_nan=False, ensure_ascii=False)
+
+
+def dumps_json(obj: Any) -> str:
+    """The project's JSON text: plain types (:func:`to_plain`), 2-space indent with lists of
+    scalars on one line, key order kept, NaN/inf as null, one trailing newline.  Deterministic
+    for equal inputs."""
+    return _format(to_plain(obj), 0) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, what: str = "") -> Path:
+    """Write :func:`dumps_json` of ``obj`` atomically (``what``: see
+    :func:`atomic_write_bytes`)."""
+    return atomic_write_text(path, dumps_json(obj), what=what)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
-import stat
 
 import numpy as np
 import pytest
@@ -17,31 +15,7 @@ from nas_core.config import (SEARCH_DEFAULTS, SELECT_DEFAULTS, SPECS, TEST_DEFAU
                              TRAIN_DEFAULTS, ConfigError, json_schema, merge, validate_stage_cfg)
 
 
-# -- atomic writes ------------------------------------------------------------------------------
-def test_atomic_write_bytes_replaces_and_leaves_no_temp(tmp_path):
-    target = tmp_path / "sub" / "out.bin"
-    ck.atomic_write_bytes(target, b"one")
-    ck.atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
-    mode = stat.S_IMODE(target.stat().st_mode)
-    assert mode & 0o044, "outputs must not stay 0600 (mkstemp's mode)"
-
-
-def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "out.json"
-    ck.atomic_write_json(target, {"a": 1})
-
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(ck.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
-        ck.atomic_write_json(target, {"a": 2})
-    assert json.loads(target.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
+# -- torch files and fingerprints ----------------------------------------------------------------
 def test_atomic_torch_save_bytes_do_not_depend_on_path(tmp_path):
     sd = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
     a = ck.atomic_torch_save(sd, tmp_path / "a.pt")
@@ -49,17 +23,6 @@ def test_atomic_torch_save_bytes_do_not_depend_on_path(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     back = torch.load(b, weights_only=True)
     assert torch.equal(back["w"], sd["w"])
-
-
-def test_dumps_json_is_plain_and_deterministic():
-    obj = {"b": [1, 2.5, float("nan")], "a": {"m": np.float32(0.5), "t": torch.tensor([1, 2])},
-           "rows": [[1, 2], [3, 4]]}
-    text = ck.dumps_json(obj)
-    assert text == ck.dumps_json(obj)
-    assert text.endswith("}\n")
-    assert json.loads(text) == {"b": [1, 2.5, None], "a": {"m": 0.5, "t": [1, 2]},
-                                "rows": [[1, 2], [3, 4]]}
-    assert list(json.loads(text)) == ["b", "a", "rows"]  # key order kept
 
 
 def test_fingerprint_ignores_key_order_not_values():
@@ -192,7 +155,7 @@ def test_amp_accepts_yaml_booleans():
 
 
 def test_auto_memory_format_and_precision_per_device():
-    from nas_core.stages.common import resolve_amp, resolve_channels_last
+    from nas_core.stages.runtime import resolve_amp, resolve_channels_last
 
     cpu, gpu, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert resolve_amp("auto", cpu) is None and resolve_amp("auto", gpu) is torch.bfloat16

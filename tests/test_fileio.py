@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
+import stat
 
+import numpy as np
 import pytest
+import torch
 
 from nas_core import errors, fileio
 
@@ -46,3 +50,39 @@ def test_checkpoint_wording_and_pickling(tmp_path):
                              "rerun resumes from it")
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is fileio.WriteError and str(back) == str(err)
+
+
+# -- atomic writes and the project's JSON (moved from test_checkpoint.py with their code) -----
+def test_atomic_write_bytes_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "sub" / "out.bin"
+    fileio.atomic_write_bytes(target, b"one")
+    fileio.atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
+    mode = stat.S_IMODE(target.stat().st_mode)
+    assert mode & 0o044, "outputs must not stay 0600 (mkstemp's mode)"
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    fileio.atomic_write_json(target, {"a": 1})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        fileio.atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_dumps_json_is_plain_and_deterministic():
+    obj = {"b": [1, 2.5, float("nan")], "a": {"m": np.float32(0.5), "t": torch.tensor([1, 2])},
+           "rows": [[1, 2], [3, 4]]}
+    text = fileio.dumps_json(obj)
+    assert text == fileio.dumps_json(obj)
+    assert text.endswith("}\n")
+    assert json.loads(text) == {"b": [1, 2.5, None], "a": {"m": 0.5, "t": [1, 2]},
+                                "rows": [[1, 2], [3, 4]]}
+    assert list(json.loads(text)) == ["b", "a", "rows"]  # key order kept

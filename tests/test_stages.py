@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from darts_shared import DARTS_FIXTURES, read_layout
-from nas_core.checkpoint import sha256_file
+from nas_core.fileio import sha256_file
 from nas_core.cli import main as cli_main, resolve_config
 from nas_core.config import SPECS, ConfigError
 from nas_core.genotypes import Genotype, get_genotype

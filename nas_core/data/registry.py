@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nas_core.checkpoint import atomic_write_json
+from nas_core.fileio import atomic_write_json
 
 from .base import DataBundle, DataError
 from .digest import Sha256Cache, file_records

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from nas_core.checkpoint import atomic_write_text
+from nas_core.fileio import atomic_write_text
 from nas_core.genotypes import (Genotype, GenotypeError, derive_genotype, get_genotype,
                                 parse_legacy_genotype)
 from nas_core.legacy import read_search_log

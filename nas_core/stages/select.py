@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from nas_core.checkpoint import atomic_write_json, atomic_write_text
+from nas_core.fileio import atomic_write_json, atomic_write_text
 from nas_core.genotypes import Genotype
 from nas_core.stages.common import StageError
 from nas_core.tasks import task_of_metric

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from nas_core import __version__
-from nas_core.checkpoint import atomic_write_json, sha256_file
+from nas_core.fileio import atomic_write_json, sha256_file
 from nas_core.config import validate_stage_cfg
 from nas_core.data import load_data
 from nas_core.errors import one_line
