@@ -387,7 +387,7 @@ def test_image_folder_errors(tmp_path):
 
 # -- a dataset class by import path ----------------------------------------------------------
 
-# The README's example (docs: "Your own data"), as a user would save it next to the config.
+# The example class of docs/own-data.md, as a user would save it next to the config.
 SOIL_MODULE = '''
 import torch, xarray
 
@@ -558,8 +558,8 @@ def _schema_accepts_import_paths() -> bool:
                     reason="the config schema lists data.name as an enum: nas_core/schema.py must "
                            "use nas_core.data.options.import_path_branch (then regenerate)")
 def test_dataset_class_by_import_path_in_the_workflow(tmp_path):
-    """The README's own class, in a module next to the config: the schema accepts it, the dry
-    run plans the chain, a missing file or module stops it, the download job tracks the file."""
+    """The class of docs/own-data.md, in a module next to the config: the schema accepts it, the
+    dry run plans the chain, a missing file or module stops it, the download job tracks the file."""
     wf = copy_workflow(tmp_path / "wf")
     (wf / "soil_data.py").write_text(SOIL_MODULE)
     x = np.random.RandomState(0).rand(20, 1, 8, 8).astype(np.float32)
