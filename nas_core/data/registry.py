@@ -2,9 +2,10 @@
 ``dataset_files`` and ``local_inputs``.
 
 A dataset registers a loader ``(opts, folder) -> DataBundle``, an optional downloader
-``(opts, folder) -> list[Path]``, a function listing its files, its local inputs (the user's
-own files or folders it reads, :mod:`.local`), an optional ``describe(opts, folder) -> dict``
-(extra facts for ``download.json``, e.g. ``class_names``), and its config keys: ``{key:
+``(opts, folder) -> list[Path | S3Download]`` (an S3 object's :class:`~.s3.S3Download` carries
+its verification record), a function listing its files, its local inputs (the user's own files
+or folders it reads, :mod:`.local`), an optional ``describe(opts, folder) -> dict`` (extra
+facts for ``download.json``, e.g. ``class_names``), and its config keys: ``{key:
 Option(default, kind, description, ...)}`` (:mod:`.options`; ``REQUIRED`` for keys without a
 default; a bare default is accepted too).  ``cfg`` is the dataset's ``data:`` block; ``folder``
 is ``root/{name}/``, so two datasets never share files.
@@ -24,15 +25,15 @@ from nas_core.checkpoint import atomic_write_json
 from .base import DataBundle, DataError
 from .digest import Sha256Cache, file_records
 from .local import LocalInput
-from .s3 import verification
 from .options import REQUIRED, Option
+from .s3 import S3Download
 
 __all__ = ["DatasetSpec", "register_dataset", "list_datasets", "get_dataset", "resolve_options",
            "load_data", "download_data", "dataset_files", "local_inputs", "is_import_path",
            "REQUIRED"]
 
 Loader = Callable[[dict, Path], DataBundle]
-Downloader = Callable[[dict, Path], "list[Path]"]
+Downloader = Callable[[dict, Path], "list[Path | S3Download]"]
 FileLister = Callable[[dict, Path], "list[Path]"]
 LocalLister = Callable[[dict, Path], "list[LocalInput]"]
 Describer = Callable[[dict, Path], dict]
@@ -158,7 +159,8 @@ def download_data(cfg: dict, root: str | Path = "resources",
     """
     spec, opts = resolve_options(cfg)
     folder = Path(root) / spec.folder_name
-    files = dataset_files(cfg, root) if spec.downloader is None else spec.downloader(opts, folder)
+    fetched = dataset_files(cfg, root) if spec.downloader is None else spec.downloader(opts, folder)
+    files = [f.path if isinstance(f, S3Download) else f for f in fetched]
     if manifest is not None:
         cache = Sha256Cache()
         doc: dict[str, Any] = {"data": cfg, "root": str(root),
@@ -166,7 +168,7 @@ def download_data(cfg: dict, root: str | Path = "resources",
         doc["content"] = file_records(sorted(files, key=str), cache=cache)
         if spec.describe is not None:
             doc.update(spec.describe(opts, folder))
-        checks = [v for v in map(verification, files) if v is not None]
+        checks = [f.verification for f in fetched if isinstance(f, S3Download)]
         if checks:
             doc["verification"] = checks
         atomic_write_json(manifest, doc)
