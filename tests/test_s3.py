@@ -302,6 +302,12 @@ def dest_of(tmp_path, key="crc.bin") -> Path:
     return tmp_path / "netcdf" / key
 
 
+def verification(manifest: Path, dest: Path) -> dict:
+    """The ``verification`` record of ``dest`` in the ``download.json`` at ``manifest``."""
+    records = json.loads(manifest.read_text())["verification"]
+    return next(r for r in records if r["file"] == str(dest))
+
+
 def gets(proxy) -> list[str | None]:
     """The Range header of each GET the proxy saw (None: the whole object)."""
     return [r["range"] for r in proxy.requests if r["method"] == "GET"]
@@ -309,12 +315,13 @@ def gets(proxy) -> list[str | None]:
 
 def test_one_cut_mid_body_resumes_to_an_identical_file(blobs, proxy, tmp_path):
     proxy.script("GET", [Cut(0.5)])
-    [dest] = download_data(via(proxy), tmp_path)
+    manifest = tmp_path / "download.json"
+    [dest] = download_data(via(proxy), tmp_path, manifest=manifest)
     assert dest.read_bytes() == blobs["crc.bin"]
     assert leftovers(dest.parent) == ["crc.bin"]
     first, second = gets(proxy)
     assert first is None and second.startswith("bytes=") and second != "bytes=0-"
-    assert s3mod.verification(dest)["checks"] == ["CRC32 (S3 checksum)", "MD5 (ETag)"]
+    assert verification(manifest, dest)["checks"] == ["CRC32 (S3 checksum)", "MD5 (ETag)"]
 
 
 def test_one_stall_past_the_read_timeout_resumes(blobs, proxy, tmp_path):
@@ -376,10 +383,11 @@ def test_flipped_bytes_fail_without_a_configured_sha256(blobs, proxy, tmp_path, 
 
 def test_flipped_once_restarts_and_succeeds(blobs, proxy, tmp_path):
     proxy.script("GET", [Flip()])
-    [dest] = download_data(via(proxy, "etag-only.bin"), tmp_path)
+    manifest = tmp_path / "download.json"
+    [dest] = download_data(via(proxy, "etag-only.bin"), tmp_path, manifest=manifest)
     assert dest.read_bytes() == blobs["etag-only.bin"]
     assert gets(proxy) == [None, None]
-    assert s3mod.verification(dest)["checks"] == ["MD5 (ETag)"]
+    assert verification(manifest, dest)["checks"] == ["MD5 (ETag)"]
 
 
 def test_configured_sha256_mismatch_is_not_retried(blobs, proxy, tmp_path):
@@ -408,11 +416,13 @@ def test_nothing_verifiable_warns_once_and_records_size_only(blobs, proxy, tmp_p
     proxy.script("GET", [Cut(0.5)])
     [dest] = download_data(via(proxy, "multipart.bin"), tmp_path)
     assert dest.read_bytes() == blobs["multipart.bin"]
-    download_data(via(proxy, "multipart.bin"), tmp_path)  # present: kept, no second warning
+    manifest = tmp_path / "download.json"
+    # present: kept, no second warning
+    download_data(via(proxy, "multipart.bin"), tmp_path, manifest=manifest)
     warned = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING and "only the size is checked" in r.getMessage()]
     assert len(warned) == 1 and "multipart ETag" in warned[0], warned
-    assert s3mod.verification(dest)["checks"] == []
+    assert verification(manifest, dest)["checks"] == []
     assert any("verified: size only" in r.getMessage() for r in caplog.records)
 
 
@@ -420,10 +430,11 @@ def test_checks_are_logged(blobs, proxy, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="nas_core.data.s3")
     c = via(proxy)
     c["source"]["sha256"] = hashlib.sha256(blobs["crc.bin"]).hexdigest()
-    [dest] = download_data(c, tmp_path)
+    manifest = tmp_path / "download.json"
+    [dest] = download_data(c, tmp_path, manifest=manifest)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "verified: sha256 (configured), CRC32 (S3 checksum), MD5 (ETag)" in text
-    rec = s3mod.verification(dest)
+    rec = verification(manifest, dest)
     assert rec["size"] == BLOB and rec["etag"] == hashlib.md5(blobs["crc.bin"]).hexdigest()
 
 
@@ -433,8 +444,8 @@ def test_download_manifest_names_the_checks(blobs, proxy, tmp_path):
     download_data(via(proxy), tmp_path, manifest=manifest)
     entry = json.loads(manifest.read_text())
     if "verification" not in entry:
-        pytest.fail("download_data(manifest=...) must add the nas_core.data.s3.verification() "
-                    "record of each downloaded file under 'verification'")
+        pytest.fail("download_data(manifest=...) must add the verification record "
+                    "(nas_core.data.s3.S3Download) of each downloaded file under 'verification'")
     assert [v["checks"] for v in entry["verification"]] == [["CRC32 (S3 checksum)",
                                                              "MD5 (ETag)"]]
 

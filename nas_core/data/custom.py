@@ -54,7 +54,7 @@ from .base import DataBundle, DataError, encode_labels, typed_line
 from .digest import file_records, records_digest
 from .local import LocalInput, resolve_local
 from .options import IMPORT_PATH_KEYS, IMPORT_PATH_PATTERN, Option
-from .registry import DatasetSpec
+from .spec import DatasetSpec
 
 __all__ = ["RESERVED", "import_dataset", "is_path_key"]
 

@@ -42,7 +42,7 @@ from .base import (
 from .local import LocalInput, describe_missing, resolve_local
 from .options import REQUIRED, Option, source_option
 from .registry import register_dataset
-from .s3 import download_s3, resolve_source, s3_url
+from .s3 import S3Download, download_s3, resolve_source, s3_url
 
 __all__ = ["read_netcdf", "resolve_dims", "netcdf_bundle", "GRAPHENE_FILE", "GRAPHENE_SOURCE",
            "GRAPHENE_SHAPE", "GRAPHENE_TARGETS", "DEFAULT_TEST_SPLIT", "DIM_ROLES", "DIM_NAMES",
@@ -300,7 +300,7 @@ def _graphene_source(opts: dict) -> dict:
     return resolve_source(opts["source"], GRAPHENE_SOURCE, "graphene")
 
 
-def _download_graphene(opts: dict, folder: Path) -> list[Path]:
+def _download_graphene(opts: dict, folder: Path) -> list[S3Download]:
     return [download_s3(_graphene_source(opts), folder / GRAPHENE_FILE, "graphene")]
 
 
@@ -398,7 +398,7 @@ def _netcdf_local(opts: dict, folder: Path) -> list[LocalInput]:
                        files=(path,) if path.is_file() else ())]
 
 
-def _download_netcdf(opts: dict, folder: Path) -> list[Path]:
+def _download_netcdf(opts: dict, folder: Path) -> list[Path | S3Download]:
     path = _netcdf_path(opts, folder)
     if opts["source"] is None:
         if not path.is_file():

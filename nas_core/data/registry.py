@@ -2,12 +2,14 @@
 ``dataset_files`` and ``local_inputs``.
 
 A dataset registers a loader ``(opts, folder) -> DataBundle``, an optional downloader
-``(opts, folder) -> list[Path]``, a function listing its files, its local inputs (the user's
-own files or folders it reads, :mod:`.local`), an optional ``describe(opts, folder) -> dict``
-(extra facts for ``download.json``, e.g. ``class_names``), and its config keys: ``{key:
+``(opts, folder) -> list[Path | S3Download]`` (an S3 object's :class:`~.s3.S3Download` carries
+its verification record), a function listing its files, its local inputs (the user's own files
+or folders it reads, :mod:`.local`), an optional ``describe(opts, folder) -> dict`` (extra
+facts for ``download.json``, e.g. ``class_names``), and its config keys: ``{key:
 Option(default, kind, description, ...)}`` (:mod:`.options`; ``REQUIRED`` for keys without a
-default; a bare default is accepted too).  ``cfg`` is the dataset's ``data:`` block; ``folder``
-is ``root/{name}/``, so two datasets never share files.
+default; a bare default is accepted too); the registry keeps them as a
+:class:`~.spec.DatasetSpec`.  ``cfg`` is the dataset's ``data:`` block; ``folder`` is
+``root/{name}/``, so two datasets never share files.
 
 A ``name`` of the form ``package.module:Attribute`` is not looked up in the registry but
 imported (:mod:`.custom`): the user's own dataset class or function, no fork needed.
@@ -15,56 +17,28 @@ imported (:mod:`.custom`): the user's own dataset class or function, no fork nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nas_core.fileio import atomic_write_json
 
 from .base import DataBundle, DataError
+from .custom import import_dataset
 from .digest import Sha256Cache, file_records
 from .local import LocalInput
-from .s3 import verification
 from .options import REQUIRED, Option
+from .s3 import S3Download
+from .spec import DatasetSpec, Describer, Downloader, FileLister, Loader, LocalLister
 
-__all__ = ["DatasetSpec", "register_dataset", "list_datasets", "get_dataset", "resolve_options",
+__all__ = ["register_dataset", "list_datasets", "get_dataset", "resolve_options",
            "load_data", "download_data", "dataset_files", "local_inputs", "is_import_path",
            "REQUIRED"]
-
-Loader = Callable[[dict, Path], DataBundle]
-Downloader = Callable[[dict, Path], "list[Path]"]
-FileLister = Callable[[dict, Path], "list[Path]"]
-LocalLister = Callable[[dict, Path], "list[LocalInput]"]
-Describer = Callable[[dict, Path], dict]
 
 
 def is_import_path(name: Any) -> bool:
     """Whether ``name`` is meant as an import path ``package.module:Attribute`` (it holds a
     ``:``, which no registry key does), not a registry key."""
     return isinstance(name, str) and ":" in name
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered dataset.  ``options``: key -> default (``REQUIRED``: none);
-    ``option_specs``: key -> :class:`Option` (kind, range, description), in declaration order."""
-
-    name: str
-    loader: Loader
-    options: dict[str, Any]
-    downloader: Downloader | None = None
-    files: FileLister | None = None
-    option_specs: dict[str, Option] = field(default_factory=dict)
-    local: LocalLister | None = None
-    describe: Describer | None = None
-    #: any other key is accepted too (datasets given by import path take their own keys)
-    open_options: bool = False
-    #: the folder under ``root`` (the name; ``custom`` for a dataset given by import path)
-    folder: str = ""
-
-    @property
-    def folder_name(self) -> str:
-        return self.folder or self.name
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -105,8 +79,6 @@ def get_dataset(name: str) -> DatasetSpec:
     an import path ``package.module:Attribute`` (:func:`nas_core.data.custom.import_dataset`);
     DataError listing the known names otherwise."""
     if is_import_path(name):
-        from .custom import import_dataset
-
         return import_dataset(name)
     try:
         return _DATASETS[name]
@@ -158,7 +130,8 @@ def download_data(cfg: dict, root: str | Path = "resources",
     """
     spec, opts = resolve_options(cfg)
     folder = Path(root) / spec.folder_name
-    files = dataset_files(cfg, root) if spec.downloader is None else spec.downloader(opts, folder)
+    fetched = dataset_files(cfg, root) if spec.downloader is None else spec.downloader(opts, folder)
+    files = [f.path if isinstance(f, S3Download) else f for f in fetched]
     if manifest is not None:
         cache = Sha256Cache()
         doc: dict[str, Any] = {"data": cfg, "root": str(root),
@@ -166,7 +139,7 @@ def download_data(cfg: dict, root: str | Path = "resources",
         doc["content"] = file_records(sorted(files, key=str), cache=cache)
         if spec.describe is not None:
             doc.update(spec.describe(opts, folder))
-        checks = [v for v in map(verification, files) if v is not None]
+        checks = [f.verification for f in fetched if isinstance(f, S3Download)]
         if checks:
             doc["verification"] = checks
         atomic_write_json(manifest, doc)

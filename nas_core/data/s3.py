@@ -32,8 +32,8 @@ mismatch with S3's own checksum or ETag means the bytes were damaged on the way:
 restarts from byte 0 (while attempts remain).  A mismatch with the configured sha256 alone
 means the object is not the expected one: no retry.  When no check is possible (multipart
 ETag, composite or CRC32C/CRC64NVME checksum, no ``sha256``) only the size is checked and a
-warning says so, once.  The checks applied are logged and kept for the download manifest
-(:func:`verification`).  Only then fsync and ``os.replace``: the final file appears whole and
+warning says so, once.  The checks applied are logged and returned for the download manifest
+(:class:`S3Download`).  Only then fsync and ``os.replace``: the final file appears whole and
 verified, or not at all (any failure removes the temporary file).
 
 **Present file.**  A present file whose size matches and which passes the same checks is kept.
@@ -63,6 +63,7 @@ import sys
 import tempfile
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,7 +74,7 @@ from nas_core.fileio import fsync_dir, sha256_file
 
 from .base import DataError, DownloadError, typed_line
 
-__all__ = ["download_s3", "resolve_source", "s3_url", "make_client", "verification",
+__all__ = ["download_s3", "S3Download", "resolve_source", "s3_url", "make_client",
            "SOURCE_DEFAULTS"]
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,19 @@ BACKOFF_CAP = 20.0
 CHUNK = 256 * 1024
 
 _JITTER = random.Random()  # not the global RNG: downloads must not shift seeded streams
-_RECORDS: dict[str, dict] = {}
 _WARNED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class S3Download:
+    """A file :func:`download_s3` delivered: its ``path`` and how it was verified,
+    ``verification`` = ``{"file", "url", "size", "etag", "checks": [...]}`` (``checks`` empty:
+    size only; for a present file kept while the endpoint was unreachable, ``["unverified
+    (endpoint unreachable)"]`` or ``["sha256 (configured)"]``): the record ``download.json``
+    lists under ``verification``."""
+
+    path: Path
+    verification: dict[str, Any]
 
 
 class _Mismatch(Exception):
@@ -203,14 +215,6 @@ def make_client(src: dict) -> tuple[Any, bool]:
         config=Config(**kwargs),
     )
     return client, bool(anonymous)
-
-
-def verification(path: str | os.PathLike) -> dict | None:
-    """How the file at ``path`` was verified by the last :func:`download_s3` in this process:
-    ``{"file", "url", "size", "etag", "checks": [...]}`` (``checks`` empty: size only; for a
-    present file kept while the endpoint was unreachable, ``["unverified (endpoint
-    unreachable)"]`` or ``["sha256 (configured)"]``), or None."""
-    return _RECORDS.get(str(Path(path).resolve()))
 
 
 # -- integrity checks ---------------------------------------------------------------------------
@@ -336,14 +340,14 @@ def _file_passes(path: Path, remote: _Remote) -> str | None:
     return None
 
 
-def _record(dest: Path, url: str, remote: _Remote | None, checks: list[str]) -> None:
-    _RECORDS[str(dest.resolve())] = {
+def _record(dest: Path, url: str, remote: _Remote | None, checks: list[str]) -> S3Download:
+    return S3Download(dest, {
         "file": str(dest),
         "url": url,
         "size": remote.size if remote else dest.stat().st_size,
         "etag": remote.etag if remote else None,
         "checks": list(checks),
-    }
+    })
 
 
 def _warn_unverified(url: str, remote: _Remote, label: str) -> None:
@@ -478,8 +482,9 @@ def _os_error(e: OSError) -> str:
     return f"{text}{': ' + str(e.filename) if e.filename else ''}"
 
 
-def download_s3(source: dict, dest: str | Path, label: str = "data") -> Path:
-    """Download ``source`` (a resolved ``source:`` block) to ``dest`` unless already verified."""
+def download_s3(source: dict, dest: str | Path, label: str = "data") -> S3Download:
+    """Download ``source`` (a resolved ``source:`` block) to ``dest`` unless already verified;
+    the file and how it was verified."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     job = _Job(source, label)
@@ -494,8 +499,7 @@ def download_s3(source: dict, dest: str | Path, label: str = "data") -> Path:
         if dest.is_file() and expected_sha is not None and sha256_file(dest) == expected_sha:
             log.warning("%s: %s answers: %s; the present %s matches sha256, keeping it",
                         label, url, cause, dest)
-            _record(dest, url, None, ["sha256 (configured)"])
-            return dest
+            return _record(dest, url, None, ["sha256 (configured)"])
         raise DownloadError(f"{label}: downloading {url} failed: {cause}") from e
     remote = _Remote(head, expected_sha)
     job.etag = remote.etag
@@ -506,10 +510,9 @@ def download_s3(source: dict, dest: str | Path, label: str = "data") -> Path:
                    else _file_passes(dest, remote))
         if problem is None:
             _warn_unverified(url, remote, label)
-            _record(dest, url, remote, remote.names)
             log.info("%s: %s is present and verified against %s (%s); not downloading",
                      label, dest, url, _checks_text(remote))
-            return dest
+            return _record(dest, url, remote, remote.names)
         log.warning("%s: %s differs from %s (%s); downloading again", label, dest, url, problem)
 
     try:
@@ -519,10 +522,9 @@ def download_s3(source: dict, dest: str | Path, label: str = "data") -> Path:
     except OSError as e:  # creating or renaming the temporary file
         raise DownloadError(f"{label}: downloading {url} failed: {_os_error(e)}") from e
     _warn_unverified(url, remote, label)
-    _record(dest, url, remote, remote.names)
     log.info("%s: downloaded %s to %s (%s bytes, %d attempt%s; verified: %s)", label, url, dest,
              f"{remote.size:,}", attempts, "" if attempts == 1 else "s", _checks_text(remote))
-    return dest
+    return _record(dest, url, remote, remote.names)
 
 
 def _fetch(job: _Job, remote: _Remote, dest: Path) -> int:
@@ -641,21 +643,20 @@ def _offline(e: BaseException | None) -> bool:
     return isinstance(e, (bx.ConnectionError, bx.ReadTimeoutError, bx.ConnectionClosedError))
 
 
-def _accept_offline(dest: Path, sha: str | None, url: str, cause: str, label: str) -> Path:
+def _accept_offline(dest: Path, sha: str | None, url: str, cause: str,
+                    label: str) -> S3Download:
     """A present file while the endpoint is unreachable: keep it if its sha256 matches, or
     with a warning when no sha256 is configured."""
     if sha is None:
         log.warning("%s: cannot reach %s (%s); using the present %s unverified", label, url,
                     cause, dest)
-        _record(dest, url, None, ["unverified (endpoint unreachable)"])
-        return dest
+        return _record(dest, url, None, ["unverified (endpoint unreachable)"])
     got = sha256_file(dest)
     if got != sha:
         raise DownloadError(f"{label}: {dest} has sha256 {got}, expected {sha}, and {url} "
                             f"cannot be fetched: {cause}")
     log.info("%s: cannot reach %s (%s); present %s matches sha256", label, url, cause, dest)
-    _record(dest, url, None, ["sha256 (configured)"])
-    return dest
+    return _record(dest, url, None, ["sha256 (configured)"])
 
 
 def _bucket_missing(client: Any, bucket: str) -> bool:
