@@ -1,5 +1,5 @@
-"""What the stages share: device / precision resolution, deterministic mode, logging and
-progress, seeded data order and augmentation.
+"""What the stages share: their error, logging and progress, seeded data order and
+augmentation (the device, precision and determinism are :mod:`nas_core.stages.runtime`'s).
 
 Data order (see docs/architecture.md, "Resume and determinism"): every epoch's permutation of a
 part of the data is drawn from a ``torch.Generator`` seeded by ``derive_seed(seed, epoch, tag)``
@@ -14,31 +14,23 @@ drop-path uses and checkpoints restore).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import random
 import sys
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from nas_core.data.transforms import Cutout
+from nas_core.errors import NasCoreError
 
 __all__ = [
     "StageError",
-    "resolve_device",
-    "resolve_amp",
-    "resolve_channels_last",
-    "autocast",
-    "determinism",
-    "seed_everything",
     "setup_logging",
     "progress",
     "derive_seed",
@@ -60,87 +52,8 @@ log = logging.getLogger("nas_core.stages")
 KILL_ENV = "NAS_CORE_TEST_KILL_AT_STEP"
 
 
-class StageError(RuntimeError):
+class StageError(NasCoreError, RuntimeError):
     """A stage cannot run on its inputs; the message is one line naming the fault."""
-
-
-# -- device and precision ---------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given, else CUDA (the first visible device) when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise StageError(f"bad device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise StageError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``"auto"`` -> bf16 on CUDA, None (off) elsewhere; ``"bf16"`` -> bf16."""
-    if amp == "off":
-        return None
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def resolve_channels_last(value: str | bool, device: torch.device,
-                          amp_dtype: torch.dtype | None = None) -> bool:
-    """``"auto"`` -> on with CUDA and on the CPU (faster on both, benchmarks/README.md), except
-    on the CPU under reduced-precision autocast (torch 2.14.1 gave NaN depthwise-convolution
-    gradients for bf16 + channels_last there); off on other devices.  Booleans as given.
-
-    (On the CPU it was opt-in until ``ops.strided_1x1`` routed around torch 2.14.1's oneDNN heap
-    corruption in the weight gradient of FactorizedReduce's strided 1x1 convolutions.)"""
-    if value == "auto":
-        if device.type == "cpu":
-            return amp_dtype is None
-        return device.type == "cuda"
-    return bool(value)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype``, or a no-op context when None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def determinism(enabled: bool, device: torch.device) -> Iterator[None]:
-    """Deterministic mode while the stage runs (restored afterwards).
-
-    ``enabled``: ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic
-    without benchmark, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (if not set).  Otherwise cuDNN
-    benchmark is switched on for CUDA.  CPU kernels are deterministic for a fixed thread count
-    either way.
-    """
-    prev = (torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    try:
-        if enabled:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-        torch.backends.cudnn.deterministic = prev[2]
-        torch.backends.cudnn.benchmark = prev[3]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and Python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 # -- logging and progress ---------------------------------------------------------------------

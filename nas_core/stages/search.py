@@ -27,32 +27,28 @@ memory_record`).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from nas_core import __version__
 from nas_core.architect import Architect
-from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
-from nas_core.config import NON_RESULT_KEYS, ConfigError, validate_stage_cfg
-from nas_core.data import DataBundle, load_data, split_indices
+from nas_core.checkpoint import atomic_torch_save
+from nas_core.config import ConfigError
+from nas_core.data import DataBundle, split_indices
 from nas_core.distributed import data_parallel
+from nas_core.fileio import atomic_write_json
 from nas_core.graphs import make_search_step
 from nas_core.memory import Probe
 from nas_core.model_search import SearchNetwork
-from nas_core.stages.budget import effective_cfg, plan_batch
-from nas_core.stages.common import (SeededDataset, derive_seed, epoch_batches, seed_everything,
-                                    state_dict_cpu)
+from nas_core.stages.common import SeededDataset, epoch_batches, state_dict_cpu
+from nas_core.stages.driver import Recipe, drive
 from nas_core.stages.genotype import ALPHAS_FORMAT
-from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
+from nas_core.stages.loop import EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
 from nas_core.tasks import Task, get_task
 
 __all__ = ["run_search", "search_probe", "search_split", "alphas_document", "OUTPUTS"]
-
-log = logging.getLogger("nas_core.stages.search")
 
 OUTPUTS = ("alphas.json", "supernet.pt", "history.json", "timings.json")
 
@@ -132,7 +128,8 @@ class _Search(EpochStage):
         self.task = get_task(bundle.task)
         self.w_idx, self.a_idx = split
         self.architect = architect
-        self.w_opt = w_opt
+        self.w_opt = self.optimizer = w_opt
+        self.stateful = {"w_optimizer": w_opt, "arch_optimizer": architect.arch_optimizer}
         self.search_step = None
         self.shares = {"train": 1.0, "val": 1.0}
         if runtime.world.size > 1:
@@ -176,6 +173,46 @@ class _Search(EpochStage):
         return f" genotype {genotype.to_legacy()}"
 
 
+class _SearchRecipe(Recipe):
+    stage = "search"
+    outputs = OUTPUTS
+
+    def check(self, cfg: dict, runtime: Runtime) -> None:
+        if cfg["cuda_graphs"] and runtime.device.type != "cuda":
+            raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on "
+                              f"{runtime.device}")
+        if cfg["cuda_graphs"] and cfg["recompute"]:
+            raise ConfigError("search.recompute: not with search.cuda_graphs (a captured step "
+                              "cannot recompute)")
+
+    split = staticmethod(search_split)
+    probe = staticmethod(search_probe)
+    network = staticmethod(_network)
+
+    def epoch_stage(self, cfg, bundle, runtime, model, split) -> _Search:
+        w_opt, architect = _optimizers(cfg, model, get_task(bundle.task))
+        return _Search(cfg, bundle, runtime, model, w_opt, architect, split)
+
+    def dataset(self, cfg: dict, bundle: DataBundle) -> SeededDataset:
+        return SeededDataset(bundle.train, cfg["seed"])
+
+    def started(self, bundle, stage, runtime, model) -> str:
+        return (f"search on {bundle.name} ({bundle.task}, {len(bundle.train)} samples: "
+                f"{len(stage.w_idx)} for weights, {len(stage.a_idx)} for alphas) on "
+                f"{runtime.describe()}")
+
+    def finish(self, stage: _Search, model: SearchNetwork) -> dict[str, Any]:
+        self.genotype = model.genotype()
+        return {"genotype": self.genotype.to_dict()}
+
+    def write(self, paths, stage: _Search, model: SearchNetwork, outcome) -> None:
+        atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
+        atomic_write_json(paths["alphas.json"], alphas_document(model, stage.cfg["epochs"]))
+
+    def done(self, paths, outcome) -> str:
+        return f"search done: {self.genotype.to_legacy()}"
+
+
 @data_parallel
 def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | Path = "resources",
                device: str | torch.device | None = None) -> dict:
@@ -186,72 +223,4 @@ def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | P
     (``[epoch, step]`` or None).  ``nproc=N`` (keyword) searches data-parallel in N processes
     (:mod:`nas_core.distributed`): weight and alpha gradients averaged over the ranks.
     """
-    out_dir = Path(out_dir)
-    paths = {name: out_dir / name for name in OUTPUTS}
-    cfg = validate_stage_cfg("search", cfg)
-    runtime = Runtime.resolve(cfg, device)
-    if cfg["cuda_graphs"] and runtime.device.type != "cuda":
-        raise ConfigError(f"search.cuda_graphs: needs a CUDA device, running on {runtime.device}")
-    if cfg["cuda_graphs"] and cfg["recompute"]:
-        raise ConfigError("search.recompute: not with search.cuda_graphs (a captured step "
-                          "cannot recompute)")
-    bundle = load_data(data, data_root)
-    world = runtime.world
-    auto = cfg["batch_size"] == "auto"
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-
-    def fingerprint_of(batch: int) -> str:
-        run_cfg = effective_cfg(cfg, batch, auto)
-        return fingerprint({"stage": "search", "data": data, "data_source": bundle.source,
-                            "world_size": world.size,
-                            "cfg": {k: v for k, v in run_cfg.items() if k not in NON_RESULT_KEYS}})
-
-    with runtime.determinism():
-        split = search_split(cfg, bundle)
-        plan = plan_batch("search", cfg, search_probe(cfg, bundle, runtime), runtime,
-                          samples=len(split[0]), checkpoint=ckpt_path,
-                          fingerprint_of=fingerprint_of)
-        fp = fingerprint_of(plan.batch_size)
-        cfg = effective_cfg(cfg, plan.batch_size, auto)
-        seed_everything(cfg["seed"])
-        model = _network(cfg, bundle, runtime)
-        if world.size > 1:  # equal weights on every rank, then per-rank random streams
-            seed_everything(derive_seed(cfg["seed"], "rank", world.rank))
-        w_opt, architect = _optimizers(cfg, model, get_task(bundle.task))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg["epochs"],
-                                                           eta_min=cfg["lr_min"])
-        stage = _Search(cfg, bundle, runtime, model, w_opt, architect, split)
-        log.info("search on %s (%s, %d samples: %d for weights, %d for alphas) on %s",
-                 bundle.name, bundle.task, len(bundle.train), len(stage.w_idx),
-                 len(stage.a_idx), runtime.describe())
-        checkpointer = Checkpointer(ckpt_path, fp, "search", {
-            "model": model, "w_optimizer": w_opt,
-            "arch_optimizer": stage.architect.arch_optimizer, "scheduler": sched}, world)
-        loop = EpochLoop("search", cfg, model=model,
-                         dataset=SeededDataset(bundle.train, cfg["seed"]), optimizer=w_opt,
-                         scheduler=sched, checkpointer=checkpointer, task=stage.task,
-                         runtime=runtime, label=bundle.name, out_dir=out_dir)
-        with plan.guard(cfg):
-            result = loop.run(stage)
-
-        genotype = model.genotype()
-    if world.is_main:
-        atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
-        atomic_write_json(paths["history.json"], {"stage": "search", "metric": stage.task.metric,
-                                                  "data": bundle.source, "batch": plan.record(),
-                                                  "epochs": result.history})
-        atomic_write_json(paths["timings.json"], {
-            "stage": "search", "device": str(runtime.device), "nas_core_version": __version__,
-            "epochs": result.timings, "total_seconds": result.total_seconds(),
-            "memory": plan.memory_record()})
-        atomic_write_json(paths["alphas.json"], alphas_document(model, cfg["epochs"]))
-        plan.log_peak()
-    log.info("search done: %s", genotype.to_legacy())
-    last = result.history[-1] if result.history else {}
-    return {
-        **{name.split(".")[0]: str(p) for name, p in paths.items()},
-        "genotype": genotype.to_dict(),
-        "train": last.get("train"),
-        "valid": last.get("valid"),
-        "resumed_from": result.resumed_from,
-    }
+    return drive(_SearchRecipe(), data, cfg, out_dir, data_root=data_root, device=device)

@@ -15,32 +15,26 @@ used.  Checkpoints: ``out_dir/checkpoints/last.pt`` (also holds the best weights
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from nas_core import __version__
-from nas_core.checkpoint import atomic_torch_save, atomic_write_json, fingerprint
-from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
-from nas_core.data import DataBundle, load_data, split_indices
+from nas_core.checkpoint import atomic_torch_save
+from nas_core.data import DataBundle, split_indices
 from nas_core.distributed import SINGLE, data_parallel
 from nas_core.genotypes import Genotype
 from nas_core.memory import Probe
 from nas_core.model_eval import EvalNetwork, count_parameters
-from nas_core.stages.budget import effective_cfg, plan_batch
-from nas_core.stages.common import (SeededDataset, derive_seed, epoch_batches, seed_everything,
-                                    state_dict_cpu)
+from nas_core.stages.common import SeededDataset, epoch_batches, state_dict_cpu
+from nas_core.stages.driver import Recipe, drive
 from nas_core.stages.genotype import load_genotype_file
-from nas_core.stages.loop import Checkpointer, EpochLoop, EpochStage
+from nas_core.stages.loop import EpochStage
 from nas_core.stages.runtime import Batch, Runtime, evaluate
 from nas_core.tasks import get_task
 
 __all__ = ["run_train", "train_probe", "train_split", "OUTPUTS"]
-
-log = logging.getLogger("nas_core.stages.train")
 
 OUTPUTS = ("model.pt", "history.json", "timings.json")
 
@@ -87,6 +81,7 @@ class _Train(EpochStage):
                  optimizer: torch.optim.Optimizer, split: tuple[list[int], list[int]]):
         self.cfg, self.bundle, self.runtime, self.model = cfg, bundle, runtime, model
         self.optimizer = optimizer
+        self.stateful = {"optimizer": optimizer}
         self.task = get_task(bundle.task)
         self.tr_idx, self.va_idx = split
         self.best: dict[str, Any] = {"epoch": None, "value": None, "state": None}
@@ -137,6 +132,58 @@ class _Train(EpochStage):
         self.best = dict(ckpt["best"])
 
 
+class _TrainRecipe(Recipe):
+    stage = "train"
+    outputs = OUTPUTS
+
+    def __init__(self, genotype: str | Path):
+        self.source = genotype
+        self.genotype: Genotype | None = None
+
+    def load(self) -> None:
+        self.genotype = load_genotype_file(self.source)
+
+    def identity(self) -> dict[str, Any]:
+        return {"genotype": self.genotype.to_dict()}
+
+    split = staticmethod(train_split)
+
+    def probe(self, cfg: dict, bundle: DataBundle, runtime: Runtime) -> Probe:
+        return train_probe(cfg, self.genotype, bundle, runtime)
+
+    def network(self, cfg: dict, bundle: DataBundle, runtime: Runtime) -> EvalNetwork:
+        return _network(cfg, self.genotype, bundle, runtime)
+
+    def epoch_stage(self, cfg, bundle, runtime, model, split) -> _Train:
+        return _Train(cfg, bundle, runtime, model, _optimizer(cfg, model), split)
+
+    def dataset(self, cfg: dict, bundle: DataBundle) -> SeededDataset:
+        return SeededDataset(bundle.train, cfg["seed"], cutout=cfg["cutout"])
+
+    def started(self, bundle, stage: _Train, runtime, model) -> str:
+        return (f"train on {bundle.name} ({bundle.task}, {len(bundle.train)} samples: "
+                f"{len(stage.tr_idx)} train, {len(stage.va_idx)} held out) on "
+                f"{runtime.describe()}; {count_parameters(model)} parameters (without "
+                f"auxiliary head)")
+
+    def finish(self, stage: _Train, model: EvalNetwork) -> dict[str, Any]:
+        return {"best_epoch": stage.best["epoch"]}
+
+    def history(self, stage: _Train, outcome) -> dict[str, Any]:
+        best = stage.best
+        return {"selection": {"on": "valid" if stage.va_idx else "last epoch",
+                              "metric": stage.task.metric, "best_epoch": best["epoch"],
+                              "best_value": best["value"]}}
+
+    def write(self, paths, stage: _Train, model: EvalNetwork, outcome) -> None:
+        state = stage.best["state"]
+        atomic_torch_save(state if state is not None else state_dict_cpu(model),
+                          paths["model.pt"])
+
+    def done(self, paths, outcome) -> str:
+        return f"train done: model {paths['model.pt']} (epoch {outcome['best_epoch']})"
+
+
 @data_parallel
 def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, *,
               data_root: str | Path = "resources",
@@ -147,76 +194,5 @@ def run_train(data: dict, cfg: dict, genotype: str | Path, out_dir: str | Path, 
     ``"train"`` / ``"valid"`` (metrics of the last epoch) and ``"resumed_from"``.
     ``nproc=N`` (keyword) trains data-parallel in N processes (:mod:`nas_core.distributed`).
     """
-    out_dir = Path(out_dir)
-    paths = {name: out_dir / name for name in OUTPUTS}
-    cfg = validate_stage_cfg("train", cfg)
-    geno = load_genotype_file(genotype)
-    runtime = Runtime.resolve(cfg, device)
-    bundle = load_data(data, data_root)
-    world = runtime.world
-    auto = cfg["batch_size"] == "auto"
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-
-    def fingerprint_of(batch: int) -> str:
-        run_cfg = effective_cfg(cfg, batch, auto)
-        return fingerprint({"stage": "train", "data": data, "data_source": bundle.source,
-                            "genotype": geno.to_dict(), "world_size": world.size,
-                            "cfg": {k: v for k, v in run_cfg.items() if k not in NON_RESULT_KEYS}})
-
-    with runtime.determinism():
-        split = train_split(cfg, bundle)
-        plan = plan_batch("train", cfg, train_probe(cfg, geno, bundle, runtime), runtime,
-                          samples=len(split[0]), checkpoint=ckpt_path,
-                          fingerprint_of=fingerprint_of)
-        fp = fingerprint_of(plan.batch_size)
-        cfg = effective_cfg(cfg, plan.batch_size, auto)
-        seed_everything(cfg["seed"])
-        model = _network(cfg, geno, bundle, runtime)
-        if world.size > 1:  # equal weights on every rank, then each rank its own drop-path
-            seed_everything(derive_seed(cfg["seed"], "rank", world.rank))
-        opt = _optimizer(cfg, model)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"],
-                                                           eta_min=cfg["lr_min"])
-        stage = _Train(cfg, bundle, runtime, model, opt, split)
-        log.info("train on %s (%s, %d samples: %d train, %d held out) on %s; %d parameters "
-                 "(without auxiliary head)", bundle.name, bundle.task, len(bundle.train),
-                 len(stage.tr_idx), len(stage.va_idx), runtime.describe(),
-                 count_parameters(model))
-        checkpointer = Checkpointer(ckpt_path, fp, "train",
-                                    {"model": model, "optimizer": opt, "scheduler": sched}, world)
-        loop = EpochLoop("train", cfg, model=model,
-                         dataset=SeededDataset(bundle.train, cfg["seed"], cutout=cfg["cutout"]),
-                         optimizer=opt, scheduler=sched, checkpointer=checkpointer,
-                         task=stage.task, runtime=runtime, label=bundle.name,
-                         out_dir=out_dir)
-        with plan.guard(cfg):
-            result = loop.run(stage)
-
-        best = stage.best
-    if world.is_main:
-        atomic_write_json(paths["history.json"], {
-            "stage": "train",
-            "metric": stage.task.metric,
-            "data": bundle.source,
-            "batch": plan.record(),
-            "selection": {"on": "valid" if stage.va_idx else "last epoch",
-                          "metric": stage.task.metric, "best_epoch": best["epoch"],
-                          "best_value": best["value"]},
-            "epochs": result.history,
-        })
-        atomic_write_json(paths["timings.json"], {
-            "stage": "train", "device": str(runtime.device), "nas_core_version": __version__,
-            "epochs": result.timings, "total_seconds": result.total_seconds(),
-            "memory": plan.memory_record()})
-        atomic_torch_save(best["state"] if best["state"] is not None else state_dict_cpu(model),
-                          paths["model.pt"])
-        plan.log_peak()
-    log.info("train done: model %s (epoch %s)", paths["model.pt"], best["epoch"])
-    last = result.history[-1] if result.history else {}
-    return {
-        **{name.split(".")[0]: str(p) for name, p in paths.items()},
-        "best_epoch": best["epoch"],
-        "train": last.get("train"),
-        "valid": last.get("valid"),
-        "resumed_from": result.resumed_from,
-    }
+    return drive(_TrainRecipe(genotype), data, cfg, out_dir,
+                 data_root=data_root, device=device)
