@@ -268,3 +268,13 @@ def test_the_checks_catch_mistakes(tmp_path):
                        "&& .venv/bin/python -m pytest -x", ci) == [
         ".ci/run does not run the README's step .venv/bin/python -m pytest -x"]
     assert len(ci_problems("python3 -m venv .venv && .venv/bin/pip install -e .", ci)) == 1
+
+
+def test_architecture_lists_the_keys_that_do_not_change_results():
+    """docs/architecture.md names NON_RESULT_KEYS as the code has them (it drifted once)."""
+    from nas_core.config import NON_RESULT_KEYS
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    listed = re.search(r"`NON_RESULT_KEYS` \(left out of checkpoint fingerprints: ([^)]*)\)", text)
+    assert listed, "docs/architecture.md: the NON_RESULT_KEYS list is gone"
+    assert set(re.findall(r"`(\w+)`", listed.group(1))) == set(NON_RESULT_KEYS)
