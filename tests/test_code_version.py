@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nas_core.code_version import (REPORT_MODULES, RESULT_NEUTRAL, ROOT, library_fingerprints,
-                                   source_files)
+from nas_core.code_version import (MODEL_CARD_MODULES, REPORT_MODULES, RESULT_NEUTRAL, ROOT,
+                                   library_fingerprints, modules_fingerprint, source_files)
 
 #: the modules the compute rules' scripts call into (workflow/scripts/*.py)
-COMPUTE_ENTRY_POINTS = ("nas_core.stages", "nas_core.stages.model_card", "nas_core.data")
+STAGES = ("nas_core.stages", "nas_core.data")
 
 
 def test_every_result_neutral_module_exists() -> None:
@@ -21,18 +21,30 @@ def test_every_result_neutral_module_exists() -> None:
     assert REPORT_MODULES <= RESULT_NEUTRAL
 
 
-def test_no_module_the_stages_import_is_listed_as_result_neutral() -> None:
-    """What a stage imports can change what it computes: such a module on the list would let
-    an edit of the math rerun nothing."""
+def _imported(modules: tuple[str, ...]) -> set[str]:
+    """The package's modules (paths relative to it) that importing ``modules`` imports."""
     code = ("import importlib, json, sys\n"
-            f"for m in {COMPUTE_ENTRY_POINTS!r}: importlib.import_module(m)\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
             "print(json.dumps(sorted(getattr(m, '__file__', None) or '' for n, m in "
             "list(sys.modules.items()) if n == 'nas_core' or n.startswith('nas_core.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT.parent).stdout
-    imported = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(out) if f}
+    return {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(out) if f}
+
+
+def test_no_module_the_stages_import_is_listed_as_result_neutral() -> None:
+    """What a stage imports can change what it computes: such a module on the list would let
+    an edit of the math rerun nothing."""
+    imported = _imported(STAGES)
     assert "stages/search.py" in imported and "model_search.py" in imported
     assert imported & RESULT_NEUTRAL == set()
+
+
+def test_the_model_card_fingerprints_every_result_neutral_module_it_imports() -> None:
+    imported = _imported(("nas_core.stages.model_card",))
+    assert set(MODEL_CARD_MODULES) <= imported
+    assert imported & RESULT_NEUTRAL <= set(MODEL_CARD_MODULES)
+    assert len(modules_fingerprint(MODEL_CARD_MODULES)) == 16
 
 
 def _copy_package(tmp_path: Path) -> Path:
