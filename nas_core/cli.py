@@ -6,8 +6,9 @@ file's top-level shared ``search:`` / ``train:`` / ``test:`` blocks and the buil
 (``nas_core.config``); ``--set STAGE.KEY=VALUE`` overrides single keys (values are YAML:
 ``3``, ``0.1``, ``true``, ``null``).  Paths default to the workflow's layout under
 ``results/NAME/``.  ``predict`` and ``export`` take a results folder (``results/NAME``) and use
-the trained model there (:mod:`nas_core.inference`).  ``memory STAGE`` prints a stage's expected
-peak memory per device without running it (:mod:`nas_core.stages.estimate`).
+the trained model there (:mod:`nas_core.inference`, :mod:`nas_core.export`).  ``memory STAGE``
+prints a stage's expected peak memory per device without running it
+(:mod:`nas_core.stages.estimate`).
 """
 
 from __future__ import annotations
@@ -297,13 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd in ("predict", "export"):
-        from nas_core import inference
-
         if cmd == "export":
-            return inference.export_model(args.results, args.fmt, args.out)
-        rows = inference.predict_files(inference.load_model(args.results, device=args.device),
-                                       args.files, var=args.var)
-        return rows if args.json else inference.format_rows(rows)
+            from nas_core.export import export_model
+
+            return export_model(args.results, args.fmt, args.out)
+        from nas_core.inference import format_rows, load_model, predict_files
+
+        rows = predict_files(load_model(args.results, device=args.device), args.files,
+                             var=args.var)
+        return rows if args.json else format_rows(rows)
     if cmd == "genotype":
         base = Path("results") / args.dataset if args.dataset else None
         source = args.source or (_searched_alphas(base) if base else None)

@@ -1,4 +1,4 @@
-"""Use a trained model: load it, predict, export it.
+"""Use a trained model: load it, predict.
 
 A dataset's results folder (``results/{dataset}/``) holds everything a trained network needs:
 
@@ -24,10 +24,8 @@ from ``test.json`` (only the input size may then be unknown).
 ``TrainedModel.forward`` takes images on the data's own scale (uint8 pixels / 255, float data
 as stored), normalises them as the data layer did and returns the network's logits
 (classification) or predictions in the targets' units (regression, also when the targets were
-standardised for training).  :func:`export_model` writes that module as TorchScript, a
-``torch.export`` program or ONNX; the files load without nas_core (``torch.jit.load``,
-``torch.export.load``, any ONNX runtime) and carry the model card as ``nas_core.json``
-(TorchScript / exported program extra file, ONNX metadata).
+standardised for training).  :mod:`nas_core.export` writes that module as a file that loads
+without nas_core.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -47,21 +44,18 @@ import torch
 import torch.nn as nn
 
 from nas_core import __version__
-from nas_core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from nas_core.fileio import atomic_write_text, sha256_file
 from nas_core.genotypes import Genotype
 
 __all__ = ["TrainedModel", "Prediction", "load_model", "model_card", "write_model_card",
-           "read_inputs", "predict_files", "export_model", "load_exported", "EXPORT_FORMATS",
-           "CARD_FILE", "PREDICTIONS_FILE", "InferenceError"]
+           "build_network", "read_inputs", "predict_files", "format_rows", "CARD_FILE",
+           "PREDICTIONS_FILE", "InferenceError"]
 
 log = logging.getLogger(__name__)
 
 CARD_FILE = "model.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 CARD_FORMAT = "nas_core.model_card/1"
-#: ``--format`` of :func:`export_model` -> default file name in ``results/{dataset}/export/``.
-EXPORT_FORMATS = {"torchscript": "model.torchscript.pt", "exported-program": "model.pt2",
-                  "onnx": "model.onnx"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
@@ -546,124 +540,6 @@ def predict_files(model: TrainedModel, files: Sequence[str | os.PathLike], *,
         else:
             rows.append({"input": label, "prediction": float(pred.labels[i])})
     return rows
-
-
-# -- export ------------------------------------------------------------------------------------
-
-
-def _example(model: TrainedModel, batch: int = 2) -> torch.Tensor:
-    if model.input_size is None:
-        raise InferenceError(f"{model.dataset}: the input size is unknown (no {CARD_FILE}); "
-                             f"run the workflow's model_card rule for this dataset")
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(batch, model.in_channels, *model.input_size, generator=g)
-
-
-def _card_text(model: TrainedModel, fmt: str) -> str:
-    card = dict(model.card)
-    card["export"] = {
-        "format": fmt,
-        "input": "N x C x H x W float32 on the data's scale (uint8 pixels / 255); the file "
-                 "normalises it",
-        "output": ("logits N x classes" if model.task == "classification"
-                   else "predictions N x 1 in the targets' units"),
-        "torch_version": torch.__version__,
-    }
-    return json.dumps(card, indent=2)
-
-
-def export_model(source: str | os.PathLike | TrainedModel, fmt: str,
-                 out: str | os.PathLike | None = None, *, check: bool = True) -> dict:
-    """Write ``source`` (a results folder or a loaded model) as ``fmt`` (``torchscript``,
-    ``exported-program``, ``onnx``) to ``out`` (default ``results/{dataset}/export/`` +
-    :data:`EXPORT_FORMATS` name).  The file holds the whole :class:`TrainedModel` (normalisation,
-    network, regression units), takes any batch size and loads without nas_core.  With
-    ``check``, it is loaded back and run on a random batch; returns ``{"path", "format",
-    "max_abs_diff"}`` (the largest difference from the nas_core model, None without check)."""
-    if fmt not in EXPORT_FORMATS:
-        raise InferenceError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
-    model = source if isinstance(source, TrainedModel) else load_model(source)
-    model = model.to("cpu").float().eval()
-    if out is None:
-        if isinstance(source, TrainedModel):
-            raise InferenceError("give the output file of a loaded model")
-        out = Path(source) / "export" / EXPORT_FORMATS[fmt]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    example = _example(model)
-    card = _card_text(model, fmt)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer / deprecation warnings of the exporters
-        if fmt == "torchscript":
-            traced = torch.jit.trace(model, example, check_trace=False)
-            buf = io.BytesIO()
-            torch.jit.save(traced, buf, _extra_files={"nas_core.json": card})
-            atomic_write_bytes(out, buf.getvalue())
-        elif fmt == "exported-program":
-            batch = torch.export.Dim("batch", min=1, max=1 << 16)
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            buf = io.BytesIO()
-            torch.export.save(program, buf, extra_files={"nas_core.json": card})
-            atomic_write_bytes(out, buf.getvalue())
-        else:
-            atomic_write_bytes(out, _onnx_bytes(model, example, card))
-    result = {"path": str(out), "format": fmt, "max_abs_diff": None}
-    if check:
-        x = _example(model, batch=3)  # another batch size than the traced one
-        with torch.no_grad():
-            ref = model(x)
-            got = load_exported(out, fmt)(x)
-        result["max_abs_diff"] = float((got - ref).abs().max())
-    log.info("export %s: %s (%s)", model.dataset, out, fmt)
-    return result
-
-
-def _onnx_bytes(model: TrainedModel, example: torch.Tensor, card: str) -> bytes:
-    try:
-        import onnx
-    except ImportError:
-        raise InferenceError("ONNX export needs the onnx package: pip install "
-                             "'nas-core[onnx]' (onnx, onnxscript, onnxruntime)") from None
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        kwargs = dict(input_names=["images"], output_names=["outputs"],
-                      dynamic_axes={"images": {0: "batch"}, "outputs": {0: "batch"}},
-                      opset_version=18)
-        try:
-            torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
-        except TypeError:  # a torch without the dynamo switch
-            torch.onnx.export(model, (example,), str(path), **kwargs)
-        proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "nas_core.json", card
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
-
-
-def load_exported(path: str | os.PathLike, fmt: str | None = None):
-    """A callable ``x -> outputs`` (torch tensors) of an exported file, loaded the way a user
-    without nas_core would (``torch.jit.load``, ``torch.export.load``, onnxruntime or the onnx
-    reference evaluator)."""
-    path = Path(path)
-    fmt = fmt or {".onnx": "onnx", ".pt2": "exported-program"}.get(path.suffix, "torchscript")
-    if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
-        return lambda x: module(x)
-    if fmt == "exported-program":
-        module = torch.export.load(str(path)).module()
-        return lambda x: module(x)
-    try:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    except ImportError:
-        from onnx.reference import ReferenceEvaluator
-
-        evaluator = ReferenceEvaluator(str(path))
-        return lambda x: torch.from_numpy(evaluator.run(None, {"images": x.numpy()})[0])
 
 
 def format_rows(rows: Iterable[dict]) -> str:
