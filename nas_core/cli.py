@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: results/NAME/train)")
 
-    p = sub.add_parser("test", help="evaluate a model on the test split: test.json",
+    p = sub.add_parser("test", help="evaluate a model on the test split: test.json, "
+                                    "test_predictions.csv",
                        description="Evaluate MODEL (built from GENOTYPE and the train "
                                    "config's layers, init_channels, auxiliary) on the test "
                                    "split.", formatter_class=fmt,
@@ -234,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="FILE", default=None,
                    help="model state dict (default: results/NAME/train/model.pt)")
     p.add_argument("--out", metavar="FILE", default=None,
-                   help="output file (default: results/NAME/test.json)")
+                   help="output file (default: results/NAME/test.json); the per-sample "
+                        "predictions go beside it (test.json -> test_predictions.csv)")
 
     p = sub.add_parser("memory", help="a stage's expected peak memory per device, without "
                                       "running it",

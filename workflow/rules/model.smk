@@ -1,8 +1,8 @@
 # The trained model as something to use: results/{dataset}/model.json (the model card:
-# network, genotype, weights, preprocessing, class names; what nas_core.load_model reads) and
-# results/{dataset}/test_predictions.csv (each test sample's target and prediction, for the
-# report's confusion matrix or scatter plot). nas_core/inference.py shapes both files, so its
-# content is part of this rule's fingerprint param.
+# network, genotype, weights, preprocessing, class names; what nas_core.load_model reads),
+# written by nas_core/stages/model_card.py. nas_core/inference.py (the card's format, the
+# network it describes) shapes the file too, so its content is part of this rule's fingerprint
+# param.
 
 
 # sha256 of nas_core/inference.py where nas_core is imported from (found without importing it:
@@ -28,7 +28,6 @@ rule model_card:
         model="results/{dataset}/train/model.pt",
     output:
         card="results/{dataset}/model.json",
-        predictions="results/{dataset}/test_predictions.csv",
     log:
         "logs/{dataset}/model_card.log",
     benchmark:
@@ -41,7 +40,6 @@ rule model_card:
     params:
         data=data_cfg,
         train=stage_cfg("train"),
-        test=stage_cfg("test"),
         root=data_root,
         genotype_source=lambda wildcards: ds(wildcards).genotype_source,
         nas_core=NAS_CORE_VERSION,
