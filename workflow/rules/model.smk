@@ -1,22 +1,16 @@
 # The trained model as something to use: results/{dataset}/model.json (the model card:
 # network, genotype, weights, preprocessing, class names; what nas_core.load_model reads),
-# written by nas_core/stages/model_card.py. nas_core/inference.py (the card's format, the
-# network it describes) shapes the file too, so its content is part of this rule's fingerprint
-# param.
+# written by nas_core/stages/model_card.py with nas_core/inference.py's format and network.
+# Both files shape the card, so their content is part of this rule's fingerprint param.
 
 
-# sha256 of nas_core/inference.py where nas_core is imported from (found without importing it:
-# that would start torch in the Snakemake process).
+# sha256 of nas_core/inference.py and nas_core/stages/model_card.py where nas_core is imported
+# from (found without importing it: that would start torch in the Snakemake process).
+_NAS_CORE_ROOT = Path(
+    list(importlib.util.find_spec("nas_core").submodule_search_locations)[0]
+)
 NAS_CORE_INFERENCE_VERSION = _fingerprint(
-    [
-        (
-            "inference.py",
-            Path(
-                list(importlib.util.find_spec("nas_core").submodule_search_locations)[0]
-            )
-            / "inference.py",
-        )
-    ]
+    [(rel, _NAS_CORE_ROOT / rel) for rel in ("inference.py", "stages/model_card.py")]
 )
 
 
