@@ -6,8 +6,9 @@ file's top-level shared ``search:`` / ``train:`` / ``test:`` blocks and the buil
 (``nas_core.config``); ``--set STAGE.KEY=VALUE`` overrides single keys (values are YAML:
 ``3``, ``0.1``, ``true``, ``null``).  Paths default to the workflow's layout under
 ``results/NAME/``.  ``predict`` and ``export`` take a results folder (``results/NAME``) and use
-the trained model there (:mod:`nas_core.inference`).  ``memory STAGE`` prints a stage's expected
-peak memory per device without running it (:mod:`nas_core.stages.estimate`).
+the trained model there (:mod:`nas_core.inference`, :mod:`nas_core.export`).  ``memory STAGE``
+prints a stage's expected peak memory per device without running it
+(:mod:`nas_core.stages.estimate`).
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: results/NAME/train)")
 
-    p = sub.add_parser("test", help="evaluate a model on the test split: test.json",
+    p = sub.add_parser("test", help="evaluate a model on the test split: test.json, "
+                                    "test_predictions.csv",
                        description="Evaluate MODEL (built from GENOTYPE and the train "
                                    "config's layers, init_channels, auxiliary) on the test "
                                    "split.", formatter_class=fmt,
@@ -233,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="FILE", default=None,
                    help="model state dict (default: results/NAME/train/model.pt)")
     p.add_argument("--out", metavar="FILE", default=None,
-                   help="output file (default: results/NAME/test.json)")
+                   help="output file (default: results/NAME/test.json); the per-sample "
+                        "predictions go beside it (test.json -> test_predictions.csv)")
 
     p = sub.add_parser("memory", help="a stage's expected peak memory per device, without "
                                       "running it",
@@ -297,13 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd in ("predict", "export"):
-        from nas_core import inference
-
         if cmd == "export":
-            return inference.export_model(args.results, args.fmt, args.out)
-        rows = inference.predict_files(inference.load_model(args.results, device=args.device),
-                                       args.files, var=args.var)
-        return rows if args.json else inference.format_rows(rows)
+            from nas_core.export import export_model
+
+            return export_model(args.results, args.fmt, args.out)
+        from nas_core.inference import format_rows, load_model, predict_files
+
+        rows = predict_files(load_model(args.results, device=args.device), args.files,
+                             var=args.var)
+        return rows if args.json else format_rows(rows)
     if cmd == "genotype":
         base = Path("results") / args.dataset if args.dataset else None
         source = args.source or (_searched_alphas(base) if base else None)

@@ -1,13 +1,13 @@
-"""Use a trained model: load it, predict, export it.
+"""Use a trained model: load it and predict.
 
 A dataset's results folder (``results/{dataset}/``) holds everything a trained network needs:
 
 - ``model.json``, the *model card* (written by the workflow's ``model_card`` rule,
-  :func:`write_model_card`): the network's build arguments and genotype, the weights file,
-  the preprocessing (input channels and size, per-channel ``mean``/``std`` of the
-  normalisation, the zero padding the network applies), the class names (classification) or
-  the targets' standardisation (regression), the test metric and where the netCDF images are
-  (``image_var``, ``layout``);
+  :func:`nas_core.stages.model_card.write_model_card`): the network's build arguments and
+  genotype, the weights file, the preprocessing (input channels and size, per-channel
+  ``mean``/``std`` of the normalisation, the zero padding the network applies), the class names
+  (classification) or the targets' standardisation (regression), the test metric and where the
+  netCDF images are (``image_var``, ``layout``);
 - ``train/model.pt`` and ``genotype.json``.
 
 Without ``model.json`` (stages run from the CLI), :func:`load_model` reads the same facts
@@ -24,21 +24,15 @@ from ``test.json`` (only the input size may then be unknown).
 ``TrainedModel.forward`` takes images on the data's own scale (uint8 pixels / 255, float data
 as stored), normalises them as the data layer did and returns the network's logits
 (classification) or predictions in the targets' units (regression, also when the targets were
-standardised for training).  :func:`export_model` writes that module as TorchScript, a
-``torch.export`` program or ONNX; the files load without nas_core (``torch.jit.load``,
-``torch.export.load``, any ONNX runtime) and carry the model card as ``nas_core.json``
-(TorchScript / exported program extra file, ONNX metadata).
+standardised for training).  :mod:`nas_core.export` writes that module as a file that loads
+without nas_core.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -46,28 +40,22 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from nas_core import __version__
-from nas_core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from nas_core.errors import NasCoreError
 from nas_core.genotypes import Genotype
 
-__all__ = ["TrainedModel", "Prediction", "load_model", "model_card", "write_model_card",
-           "read_inputs", "predict_files", "export_model", "load_exported", "EXPORT_FORMATS",
-           "CARD_FILE", "PREDICTIONS_FILE", "InferenceError"]
+__all__ = ["TrainedModel", "Prediction", "load_model", "model_card", "build_network",
+           "read_inputs", "predict_files", "format_rows", "read_json", "CARD_FILE",
+           "CARD_FORMAT", "InferenceError"]
 
-log = logging.getLogger(__name__)
-
+#: The model card's file name in a results folder, and its ``format``.
 CARD_FILE = "model.json"
-PREDICTIONS_FILE = "test_predictions.csv"
 CARD_FORMAT = "nas_core.model_card/1"
-#: ``--format`` of :func:`export_model` -> default file name in ``results/{dataset}/export/``.
-EXPORT_FORMATS = {"torchscript": "model.torchscript.pt", "exported-program": "model.pt2",
-                  "onnx": "model.onnx"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 
 
-class InferenceError(ValueError):
+class InferenceError(NasCoreError, ValueError):
     """A results folder, model card or input file that cannot be used (one line)."""
 
 
@@ -164,7 +152,9 @@ class TrainedModel(nn.Module):
         return Prediction(outputs, values, [float(v) for v in values.tolist()], None, None)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A results folder's JSON file (model card, test.json, genotype.json); InferenceError
+    (one line) when it is unreadable or not JSON."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -179,7 +169,7 @@ def _card_from_test_json(folder: Path) -> dict:
     if not test_path.is_file():
         raise InferenceError(f"{folder}: no {CARD_FILE} and no test.json: run the workflow "
                              f"(or python -m nas_core test) for this dataset first")
-    test = _read_json(test_path)
+    test = read_json(test_path)
     data = test.get("data") or {}
     net = test.get("network") or {}
     missing = [k for k in ("in_channels", "num_outputs", "layers", "init_channels")
@@ -194,7 +184,7 @@ def _card_from_test_json(folder: Path) -> dict:
     metric = "top1" if task == "classification" else "r2"
     genotype = test.get("genotype")
     if (folder / "genotype.json").is_file():
-        genotype = _read_json(folder / "genotype.json")
+        genotype = read_json(folder / "genotype.json")
     weights = folder / "train" / "model.pt"
     return {
         "format": CARD_FORMAT,
@@ -230,7 +220,7 @@ def model_card(folder: str | os.PathLike) -> dict:
         raise InferenceError(f"{folder}: no such results folder")
     path = folder / CARD_FILE
     if path.is_file():
-        card = _read_json(path)
+        card = read_json(path)
         if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
             raise InferenceError(f"{path}: not a nas_core model card ({CARD_FORMAT})")
         return card
@@ -265,168 +255,6 @@ def load_model(folder: str | os.PathLike, *, device: str | torch.device = "cpu",
     load_model_file(network, Path(weights) if weights is not None else folder / card["weights"])
     model = TrainedModel(network, card)
     return model.to(device)
-
-
-# -- the model card (the workflow's model_card rule) ----------------------------------------
-
-
-def _loader(dataset, batch_size: int):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                       num_workers=0)
-
-
-def write_model_card(data: dict, train_cfg: dict, test_cfg: dict, folder: str | os.PathLike,
-                     *, dataset: str | None = None, data_root: str | os.PathLike = "resources",
-                     genotype_source: str | None = None, card_out: str | os.PathLike | None = None,
-                     predictions_out: str | os.PathLike | None = None,
-                     device: str | torch.device | None = None) -> dict:
-    """Write ``folder/model.json`` and ``folder/test_predictions.csv`` (every test sample's
-    target and prediction, the input of the report's confusion matrix or scatter plot).
-
-    ``folder`` is ``results/{dataset}`` after the test stage (``test.json``, ``genotype.json``,
-    ``train/model.pt``); ``data`` / ``train_cfg`` / ``test_cfg`` are the dataset's config
-    blocks.  The preprocessing comes from the data layer (``load_data``: input size, channels,
-    normalisation, class names, target standardisation).  The predictions are those of the
-    data layer's test split (as the test stage computes them, in float32); as a check, the
-    card's own preprocessing is run on up to 64 raw test samples and must give the same
-    outputs (a warning otherwise).  Returns the card."""
-    from nas_core.config import validate_stage_cfg
-    from nas_core.data import load_data
-    from nas_core.stages.test import load_model_file
-    from nas_core.tasks import get_task
-
-    folder = Path(folder)
-    name = dataset or folder.name
-    train_cfg = validate_stage_cfg("train", train_cfg)
-    test_cfg = validate_stage_cfg("test", test_cfg)
-    test = _read_json(folder / "test.json")
-    bundle = load_data(data, data_root)
-    task = get_task(bundle.task)
-    norm = bundle.source.get("normalize") or {}
-    weights = folder / "train" / "model.pt"
-    card = {
-        "format": CARD_FORMAT,
-        "dataset": name,
-        "data": bundle.name,
-        "task": bundle.task,
-        "network": {"in_channels": bundle.in_channels, "num_outputs": bundle.num_outputs,
-                    "layers": train_cfg["layers"], "init_channels": train_cfg["init_channels"],
-                    "auxiliary": train_cfg["auxiliary"]},
-        "genotype": _read_json(folder / "genotype.json"),
-        "genotype_source": genotype_source if genotype_source is not None
-        else test.get("genotype_source"),
-        "weights": "train/model.pt",
-        "weights_sha256": sha256_file(weights) if weights.is_file() else None,
-        "preprocessing": {
-            "in_channels": bundle.in_channels,
-            "input_size": [int(bundle.input_size[0]), int(bundle.input_size[1])],
-            "scale": "uint8 pixels / 255; float data as stored",
-            "mean": norm.get("mean"), "std": norm.get("std"),
-            "pad_to_multiple": None,
-        },
-        "class_names": (list(bundle.class_names) if bundle.class_names is not None
-                        else [str(i) for i in range(bundle.num_outputs)])
-        if bundle.task == "classification" else None,
-        "target_stats": bundle.target_stats if bundle.task == "regression" else None,
-        "netcdf": ({"image_var": bundle.source["image_var"],
-                    "layout": bundle.source.get("layout")}
-                   if bundle.source.get("image_var") else None),
-        "test": {"metric": task.metric, "value": (test.get("metrics") or {}).get(task.metric),
-                 "num_samples": test.get("num_samples")},
-        "nas_core_version": __version__,
-    }
-    network = build_network(card)
-    load_model_file(network, weights)
-    card["preprocessing"]["pad_to_multiple"] = int(network.size_multiple)
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    model = TrainedModel(network, card).to(dev)
-
-    batch = test_cfg["batch_size"]  # "auto": the batch the test stage chose
-    if batch == "auto":
-        batch = (test.get("batch") or {}).get("batch_size") or 256
-    outputs, targets = [], []
-    with torch.no_grad():
-        for x, y in _loader(bundle.test, int(batch)):
-            out = model.network(x.to(dev)).float().cpu()
-            outputs.append(out)
-            targets.append(torch.as_tensor(y))
-    out = torch.cat(outputs) if outputs else torch.empty(0, bundle.num_outputs)
-    tgt = torch.cat(targets) if targets else torch.empty(0)
-    _check_preprocessing(model, bundle, out, dev)
-    if bundle.target_stats is not None:
-        mean, std = float(bundle.target_stats["mean"]), float(bundle.target_stats["std"])
-        out = out.double().mul(std).add(mean).float()
-        tgt = tgt.double().mul(std).add(mean).float()
-    rows = _prediction_rows(card, out, tgt)
-    value = _metric_of_rows(card, rows)
-    if value is not None and card["test"]["value"] is not None:
-        log.info("model card %s: the test split's %s from the loaded model is %.4f "
-                 "(test.json: %.4f)", name, task.metric, value, card["test"]["value"])
-    card_out = Path(card_out) if card_out is not None else folder / CARD_FILE
-    predictions_out = (Path(predictions_out) if predictions_out is not None
-                       else folder / PREDICTIONS_FILE)
-    atomic_write_text(predictions_out, _rows_csv(rows))
-    atomic_write_text(card_out, json.dumps(card, indent=2, sort_keys=False) + "\n")
-    return card
-
-
-def _check_preprocessing(model: TrainedModel, bundle, reference: torch.Tensor,
-                         device: torch.device) -> None:
-    """The card's preprocessing on raw test samples must reproduce the data layer's outputs."""
-    test = bundle.test
-    if not all(hasattr(test, a) for a in ("images", "indices")) or len(test) == 0:
-        return
-    idx = torch.as_tensor(test.indices[:64])
-    raw = torch.as_tensor(test.images)[idx]
-    raw = raw.float().div(255.0) if raw.dtype == torch.uint8 else raw.float()
-    with torch.no_grad():
-        mine = model.network(model.preprocess(raw.to(device))).float().cpu()
-    diff = float((mine - reference[: len(idx)]).abs().max())
-    if not diff <= 1e-3 * max(1.0, float(reference[: len(idx)].abs().max())):
-        log.warning("model card %s: the card's preprocessing gives outputs %.3g away from the "
-                    "data layer's on raw test samples", model.dataset, diff)
-
-
-def _prediction_rows(card: dict, outputs: torch.Tensor, targets: torch.Tensor) -> list[dict]:
-    rows = []
-    if card["task"] == "classification":
-        probs = torch.softmax(outputs, dim=1)
-        conf, pred = probs.max(dim=1)
-        names = card.get("class_names") or []
-        for i, (t, p, c) in enumerate(zip(targets.tolist(), pred.tolist(), conf.tolist())):
-            rows.append({"index": i, "target": int(t), "prediction": int(p),
-                         "target_name": names[int(t)] if int(t) < len(names) else str(t),
-                         "prediction_name": names[p] if p < len(names) else str(p),
-                         "probability": round(float(c), 6)})
-    else:
-        for i, (t, p) in enumerate(zip(targets.reshape(-1).tolist(),
-                                       outputs.reshape(-1).tolist())):
-            rows.append({"index": i, "target": float(t), "prediction": float(p)})
-    return rows
-
-
-def _metric_of_rows(card: dict, rows: list[dict]) -> float | None:
-    if not rows:
-        return None
-    if card["task"] == "classification":
-        return 100.0 * sum(r["target"] == r["prediction"] for r in rows) / len(rows)
-    ys = [r["target"] for r in rows]
-    mean = sum(ys) / len(ys)
-    sst = sum((y - mean) ** 2 for y in ys)
-    sse = sum((r["target"] - r["prediction"]) ** 2 for r in rows)
-    return 1.0 - sse / sst if sst > 0 else None
-
-
-def _rows_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        buf.write("index,target,prediction\n")
-    return buf.getvalue()
 
 
 # -- inputs: image files and netCDF files ------------------------------------------------------
@@ -546,124 +374,6 @@ def predict_files(model: TrainedModel, files: Sequence[str | os.PathLike], *,
         else:
             rows.append({"input": label, "prediction": float(pred.labels[i])})
     return rows
-
-
-# -- export ------------------------------------------------------------------------------------
-
-
-def _example(model: TrainedModel, batch: int = 2) -> torch.Tensor:
-    if model.input_size is None:
-        raise InferenceError(f"{model.dataset}: the input size is unknown (no {CARD_FILE}); "
-                             f"run the workflow's model_card rule for this dataset")
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(batch, model.in_channels, *model.input_size, generator=g)
-
-
-def _card_text(model: TrainedModel, fmt: str) -> str:
-    card = dict(model.card)
-    card["export"] = {
-        "format": fmt,
-        "input": "N x C x H x W float32 on the data's scale (uint8 pixels / 255); the file "
-                 "normalises it",
-        "output": ("logits N x classes" if model.task == "classification"
-                   else "predictions N x 1 in the targets' units"),
-        "torch_version": torch.__version__,
-    }
-    return json.dumps(card, indent=2)
-
-
-def export_model(source: str | os.PathLike | TrainedModel, fmt: str,
-                 out: str | os.PathLike | None = None, *, check: bool = True) -> dict:
-    """Write ``source`` (a results folder or a loaded model) as ``fmt`` (``torchscript``,
-    ``exported-program``, ``onnx``) to ``out`` (default ``results/{dataset}/export/`` +
-    :data:`EXPORT_FORMATS` name).  The file holds the whole :class:`TrainedModel` (normalisation,
-    network, regression units), takes any batch size and loads without nas_core.  With
-    ``check``, it is loaded back and run on a random batch; returns ``{"path", "format",
-    "max_abs_diff"}`` (the largest difference from the nas_core model, None without check)."""
-    if fmt not in EXPORT_FORMATS:
-        raise InferenceError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
-    model = source if isinstance(source, TrainedModel) else load_model(source)
-    model = model.to("cpu").float().eval()
-    if out is None:
-        if isinstance(source, TrainedModel):
-            raise InferenceError("give the output file of a loaded model")
-        out = Path(source) / "export" / EXPORT_FORMATS[fmt]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    example = _example(model)
-    card = _card_text(model, fmt)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer / deprecation warnings of the exporters
-        if fmt == "torchscript":
-            traced = torch.jit.trace(model, example, check_trace=False)
-            buf = io.BytesIO()
-            torch.jit.save(traced, buf, _extra_files={"nas_core.json": card})
-            atomic_write_bytes(out, buf.getvalue())
-        elif fmt == "exported-program":
-            batch = torch.export.Dim("batch", min=1, max=1 << 16)
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            buf = io.BytesIO()
-            torch.export.save(program, buf, extra_files={"nas_core.json": card})
-            atomic_write_bytes(out, buf.getvalue())
-        else:
-            atomic_write_bytes(out, _onnx_bytes(model, example, card))
-    result = {"path": str(out), "format": fmt, "max_abs_diff": None}
-    if check:
-        x = _example(model, batch=3)  # another batch size than the traced one
-        with torch.no_grad():
-            ref = model(x)
-            got = load_exported(out, fmt)(x)
-        result["max_abs_diff"] = float((got - ref).abs().max())
-    log.info("export %s: %s (%s)", model.dataset, out, fmt)
-    return result
-
-
-def _onnx_bytes(model: TrainedModel, example: torch.Tensor, card: str) -> bytes:
-    try:
-        import onnx
-    except ImportError:
-        raise InferenceError("ONNX export needs the onnx package: pip install "
-                             "'nas-core[onnx]' (onnx, onnxscript, onnxruntime)") from None
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        kwargs = dict(input_names=["images"], output_names=["outputs"],
-                      dynamic_axes={"images": {0: "batch"}, "outputs": {0: "batch"}},
-                      opset_version=18)
-        try:
-            torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
-        except TypeError:  # a torch without the dynamo switch
-            torch.onnx.export(model, (example,), str(path), **kwargs)
-        proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "nas_core.json", card
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
-
-
-def load_exported(path: str | os.PathLike, fmt: str | None = None):
-    """A callable ``x -> outputs`` (torch tensors) of an exported file, loaded the way a user
-    without nas_core would (``torch.jit.load``, ``torch.export.load``, onnxruntime or the onnx
-    reference evaluator)."""
-    path = Path(path)
-    fmt = fmt or {".onnx": "onnx", ".pt2": "exported-program"}.get(path.suffix, "torchscript")
-    if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
-        return lambda x: module(x)
-    if fmt == "exported-program":
-        module = torch.export.load(str(path)).module()
-        return lambda x: module(x)
-    try:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    except ImportError:
-        from onnx.reference import ReferenceEvaluator
-
-        evaluator = ReferenceEvaluator(str(path))
-        return lambda x: torch.from_numpy(evaluator.run(None, {"images": x.numpy()})[0])
 
 
 def format_rows(rows: Iterable[dict]) -> str:

@@ -12,7 +12,7 @@
 - :func:`train_figure`: training curves from ``train/history.json``.
 - :func:`test_figure`: the test split: per-class accuracy and the confusion matrix
   (classification) or predicted against true values (regression), from ``test.json`` and the
-  model card rule's ``test_predictions.csv``; :func:`test_table`: the test metrics as an HTML
+  test stage's ``test_predictions.csv``; :func:`test_table`: the test metrics as an HTML
   table (the report shows it as a table, not as a picture of one).
 
 Every figure is titled with the dataset's display name: its config key, the ``{dataset}`` of
@@ -542,7 +542,7 @@ def test_figure(test_json: str | os.PathLike, out: str | os.PathLike,
     """The test split in pictures.  Classification: per-class accuracy (bars, class names)
     and the confusion matrix (rows: true class, columns: predicted; colour: share of the true
     class, numbers: counts); regression: predicted against true values with the identity
-    line, and the residuals.  ``predictions``: the model card rule's ``test_predictions.csv``
+    line, and the residuals.  ``predictions``: the test stage's ``test_predictions.csv``
     (without it, only what ``test.json`` holds: the per-class accuracy)."""
     plt = _plt()
     import numpy as np

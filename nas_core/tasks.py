@@ -1,10 +1,10 @@
 """The learning task of a dataset, in one place: classification or regression.
 
 A :class:`Task` knows its loss, what the meters read of a network's output, its selection
-metric (``top1`` in percent, or ``r2``), a resumable running :class:`Meter` and the test
-metrics.  The stages, the report and the data layer name a task by its registry key
-(``"classification"``, ``"regression"``) and ask :func:`get_task` for the object; nothing else
-tests the name.
+metric (``top1`` in percent, or ``r2``), a resumable running :class:`Meter`, the test
+metrics and the test split's per-sample prediction rows.  The stages, the report and the data
+layer name a task by its registry key (``"classification"``, ``"regression"``) and ask
+:func:`get_task` for the object; nothing else tests the name.
 """
 
 from __future__ import annotations
@@ -88,6 +88,12 @@ class Task:
         ``class_names`` (classification) names the classes in the per-class results."""
         raise NotImplementedError
 
+    def prediction_rows(self, outputs: torch.Tensor, targets: torch.Tensor,
+                        class_names: list[str] | None = None) -> list[dict[str, Any]]:
+        """One row per sample (``index``, ``target``, ``prediction``, ...) of every output
+        (CPU, float32) and target, as ``test_predictions.csv`` holds them."""
+        raise NotImplementedError
+
     def better(self, value: float | None, best: float | None) -> bool:
         """Whether ``value`` beats ``best`` (higher is better for both metrics; ties lose)."""
         return value is not None and (best is None or value > best)
@@ -143,6 +149,21 @@ class Classification(Task):
                 str(name): acc for name, acc in zip(class_names, per_class)}
         return metrics
 
+    def prediction_rows(self, outputs, targets, class_names=None):
+        """``index``, ``target`` and ``prediction`` (class indices), ``target_name``,
+        ``prediction_name`` (``class_names``, else the index as text) and ``probability``
+        (the predicted class's softmax, 6 decimals)."""
+        conf, pred = torch.softmax(outputs, dim=1).max(dim=1)
+        names = class_names or []
+        rows = []
+        for i, (t, p, c) in enumerate(zip(targets.tolist(), pred.tolist(), conf.tolist())):
+            t = int(t)
+            rows.append({"index": i, "target": t, "prediction": int(p),
+                         "target_name": names[t] if t < len(names) else str(t),
+                         "prediction_name": names[p] if p < len(names) else str(p),
+                         "probability": round(float(c), 6)})
+        return rows
+
 
 class Regression(Task):
     name = "regression"
@@ -184,6 +205,12 @@ class Regression(Task):
             "mae": float(err.abs().mean()),
             "loss": float(F.mse_loss(outputs.squeeze(-1), targets.float(), reduction="sum")) / n,
         }
+
+    def prediction_rows(self, outputs, targets, class_names=None):
+        """``index``, ``target`` and ``prediction`` (floats, in the units given)."""
+        return [{"index": i, "target": float(t), "prediction": float(p)}
+                for i, (t, p) in enumerate(zip(targets.reshape(-1).tolist(),
+                                               outputs.reshape(-1).tolist()))]
 
 
 _TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression())}

@@ -17,9 +17,10 @@ import torch
 
 from nas_core.cli import main
 from nas_core.data import random_test_split
-from nas_core.inference import (CARD_FILE, EXPORT_FORMATS, InferenceError, TrainedModel,
-                                export_model, load_model, model_card, read_inputs,
-                                write_model_card)
+from nas_core.export import EXPORT_FORMATS, export_model
+from nas_core.inference import (CARD_FILE, InferenceError, TrainedModel, load_model, model_card,
+                                read_inputs)
+from nas_core.stages.model_card import write_model_card
 
 TRAIN = dict(epochs=2, layers=2, init_channels=4, batch_size=64, num_workers=0)
 TEST = {"num_workers": 0}
@@ -37,7 +38,7 @@ def digits(tmp_path_factory) -> Path:
               device="cpu")
     run_test({"name": "digits"}, TRAIN, TEST, folder / "genotype.json",
              folder / "train" / "model.pt", folder / "test.json", device="cpu")
-    write_model_card({"name": "digits"}, TRAIN, TEST, folder, genotype_source="DARTS_V2",
+    write_model_card({"name": "digits"}, TRAIN, folder, genotype_source="DARTS_V2",
                      device="cpu")
     return folder
 

@@ -1,4 +1,5 @@
-"""The test stage: evaluate a trained model on the test split and write ``test.json``.
+"""The test stage: evaluate a trained model on the test split and write ``test.json`` and the
+per-sample predictions ``test_predictions.csv`` (one pass over the split gives both).
 
 The network is rebuilt from the genotype (a genotype.json path or a published name) and the
 train config (``layers``, ``init_channels``, ``auxiliary``); ``model`` is loaded with
@@ -10,6 +11,8 @@ also when wrapped as ``{"state_dict": ...}`` / ``{"model": ...}`` or saved from
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +24,7 @@ from nas_core.fileio import atomic_write_json, sha256_file
 from nas_core.config import validate_stage_cfg
 from nas_core.data import load_data
 from nas_core.errors import one_line
+from nas_core.fileio import atomic_write_text
 from nas_core.memory import Probe
 from nas_core.model_eval import EvalNetwork, count_parameters
 from nas_core.stages.budget import plan_batch
@@ -117,11 +121,26 @@ def _resolve_genotype(genotype: str | Path):
     return load_genotype_source(genotype)
 
 
+def _predictions_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model: str | Path,
-             output: str | Path, *, data_root: str | Path = "resources",
+             output: str | Path, *, predictions: str | Path | None = None,
+             data_root: str | Path = "resources",
              device: str | torch.device | None = None) -> dict:
-    """Evaluate ``model`` on the test split of ``data``; write ``output`` (test.json) and
-    return its content.
+    """Evaluate ``model`` on the test split of ``data``; write ``predictions`` (default:
+    beside ``output``, named after it: ``test.json`` -> ``test_predictions.csv``), then
+    ``output`` (test.json), and return test.json's content.
+
+    ``test_predictions.csv``: one row per test sample in the split's order (``index``,
+    ``target``, ``prediction``; classification adds ``target_name``, ``prediction_name``,
+    ``probability``; regression in the targets' original units), from the same outputs as the
+    metrics (:meth:`nas_core.tasks.Task.prediction_rows`).
 
     ``test.json``: ``dataset``, ``task``, ``metrics`` (classification: ``top1``, ``top5``
     (percent; top-k with k = min(5, classes)), ``loss`` (mean cross entropy),
@@ -131,12 +150,14 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
     ``r2`` (over the whole split), ``mse``, ``mae``, ``loss`` (mean MSE), in the targets'
     original units also when the data standardised them (``standardize``)),
     ``num_samples``, ``batch`` (``{"batch_size", "auto"}``: the evaluation batch, chosen by
-    ``batch_size: auto`` or configured), ``num_parameters`` (without the auxiliary head), ``genotype`` (dict),
-    ``genotype_source``, ``network`` (in_channels, num_outputs, layers, init_channels,
-    auxiliary), ``model`` (path as given, sha256, bytes), ``data`` (the data layer's source
-    identifiers) and ``nas_core_version``.
+    ``batch_size: auto`` or configured), ``num_parameters`` (without the auxiliary head),
+    ``genotype`` (dict), ``genotype_source``, ``network`` (in_channels, num_outputs, layers,
+    init_channels, auxiliary), ``model`` (path as given, sha256, bytes), ``data`` (the data
+    layer's source identifiers) and ``nas_core_version``.
     """
     output = Path(output)
+    predictions = (Path(predictions) if predictions is not None
+                   else output.with_name(f"{output.stem}_predictions.csv"))
     train_cfg = validate_stage_cfg("train", train_cfg)
     cfg = validate_stage_cfg("test", cfg)
     geno = _resolve_genotype(genotype)
@@ -183,6 +204,8 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
         "data": bundle.source,
         "nas_core_version": __version__,
     }
+    atomic_write_text(predictions, _predictions_csv(
+        task.prediction_rows(out, tgt, class_names=bundle.class_names)))
     atomic_write_json(output, result)
     log.info("test on %s: %s", bundle.name,
              " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))

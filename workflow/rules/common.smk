@@ -9,7 +9,11 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nas_core import pipeline
-from nas_core.code_version import library_fingerprints
+from nas_core.code_version import (
+    MODEL_CARD_MODULES,
+    library_fingerprints,
+    modules_fingerprint,
+)
 from nas_core.config import ConfigError
 
 SCHEMA = "../schemas/config.schema.yaml"

@@ -1,23 +1,12 @@
 # The trained model as something to use: results/{dataset}/model.json (the model card:
-# network, genotype, weights, preprocessing, class names; what nas_core.load_model reads) and
-# results/{dataset}/test_predictions.csv (each test sample's target and prediction, for the
-# report's confusion matrix or scatter plot). nas_core/inference.py shapes both files, so its
-# content is part of this rule's fingerprint param.
+# network, genotype, weights, preprocessing, class names; what nas_core.load_model reads),
+# written by nas_core/stages/model_card.py with nas_core/inference.py's format and network.
+# Both files shape the card, so their content is part of this rule's fingerprint param.
 
 
-# sha256 of nas_core/inference.py where nas_core is imported from (found without importing it:
-# that would start torch in the Snakemake process).
-NAS_CORE_INFERENCE_VERSION = _fingerprint(
-    [
-        (
-            "inference.py",
-            Path(
-                list(importlib.util.find_spec("nas_core").submodule_search_locations)[0]
-            )
-            / "inference.py",
-        )
-    ]
-)
+# sha256 of the modules that shape the card besides the compute modules (inference.py,
+# stages/model_card.py: nas_core.code_version.MODEL_CARD_MODULES).
+NAS_CORE_INFERENCE_VERSION = modules_fingerprint(MODEL_CARD_MODULES)
 
 
 rule model_card:
@@ -28,7 +17,6 @@ rule model_card:
         model="results/{dataset}/train/model.pt",
     output:
         card="results/{dataset}/model.json",
-        predictions="results/{dataset}/test_predictions.csv",
     log:
         "logs/{dataset}/model_card.log",
     benchmark:
@@ -41,7 +29,6 @@ rule model_card:
     params:
         data=data_cfg,
         train=stage_cfg("train"),
-        test=stage_cfg("test"),
         root=data_root,
         genotype_source=lambda wildcards: ds(wildcards).genotype_source,
         nas_core=NAS_CORE_VERSION,

@@ -1,4 +1,6 @@
-# Evaluate the trained network on the test split: results/{dataset}/test.json.
+# Evaluate the trained network on the test split: results/{dataset}/test.json (the metrics)
+# and results/{dataset}/test_predictions.csv (each test sample's target and prediction, for the
+# report's confusion matrix or scatter plot), from one pass over the split.
 
 
 rule test:
@@ -7,7 +9,8 @@ rule test:
         genotype="results/{dataset}/genotype.json",
         model="results/{dataset}/train/model.pt",
     output:
-        "results/{dataset}/test.json",
+        json="results/{dataset}/test.json",
+        predictions="results/{dataset}/test_predictions.csv",
     log:
         "logs/{dataset}/test.log",
     benchmark:

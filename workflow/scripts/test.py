@@ -15,6 +15,7 @@ with gpu_job(snakemake.resources.gpu, snakemake.threads):
         snakemake.params.test,
         Path(snakemake.input.genotype),
         Path(snakemake.input.model),
-        Path(snakemake.output[0]),
+        Path(snakemake.output.json),
+        predictions=Path(snakemake.output.predictions),
         data_root=snakemake.params.root,
     )
