@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch.nn.modules.module import register_module_module_registration_hook
 
 from nas_core.genotypes import Genotype, derive_genotype
-from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
+from nas_core.network_parts import build_cells, pad_to_multiple, reduction_layers
 from nas_core.ops import (PRIMITIVES, DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN,
                           SepConv, create_op)
 from nas_core.recompute import (RecomputedCells, checkpointed, recompute_active,
@@ -560,27 +560,15 @@ class SearchNetwork(RecomputedCells, nn.Module):
         #: H and W are zero-padded to multiples of this (2 ** number of reduction cells).
         self.size_multiple = 2 ** len(self.reduction_layers)
 
-        c_curr = stem_multiplier * channels
-        self.stem = make_stem(in_channels, c_curr)
-        c_pp, c_p, c_curr = c_curr, c_curr, channels
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        sizes, scale = [], 1.0  # per cell: channels x pixels of a node, relative to the input's
-        for i in range(layers):
-            reduction = i in self.reduction_layers
-            if reduction:
-                c_curr *= 2
-                scale /= 4
-            sizes.append(c_curr * scale)
-            self.cells.append(SearchCell(steps, multiplier, c_pp, c_p, c_curr, reduction,
-                                         reduction_prev, primitives, partial_channels,
-                                         lean_batchnorm=lean_batchnorm,
-                                         fuse_node_sums=fuse_node_sums))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, multiplier * c_curr
+        stack = build_cells(in_channels, channels, layers, stem_multiplier,
+                            lambda *shape: SearchCell(steps, multiplier, *shape, primitives,
+                                                      partial_channels,
+                                                      lean_batchnorm=lean_batchnorm,
+                                                      fuse_node_sums=fuse_node_sums))
+        self.stem, self.cells = stack.stem, stack.cells
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_outputs)
-        self._recompute_cells = recompute_plan(sizes) if recompute else ()
+        self.classifier = nn.Linear(stack.out_channels[-1], num_outputs)
+        self._recompute_cells = recompute_plan(stack.sizes) if recompute else ()
 
         n_edges, n_ops = num_edges(steps), len(primitives)
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
