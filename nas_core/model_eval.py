@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nas_core.genotypes import Genotype
-from nas_core.network_parts import make_stem, pad_to_multiple, reduction_layers
+from nas_core.network_parts import build_cells, pad_to_multiple, reduction_layers
 from nas_core.ops import FactorizedReduce, Identity, ReLUConvBN, create_op
 from nas_core.recompute import (RecomputedCells, checkpointed, recompute_active,
                                 recompute_plan)
@@ -147,30 +147,14 @@ class EvalNetwork(RecomputedCells, nn.Module):
         #: H and W are zero-padded to multiples of this (2 ** number of reduction cells).
         self.size_multiple = 2 ** len(self.reduction_layers)
 
-        c_curr = stem_multiplier * channels
-        self.stem = make_stem(in_channels, c_curr)
-        c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        c_aux = c_prev
-        sizes, scale = [], 1.0  # per cell: channels x pixels of a node, relative to the input's
-        for i in range(layers):
-            reduction = i in self.reduction_layers
-            if reduction:
-                c_curr *= 2
-                scale /= 4
-            sizes.append(c_curr * scale)
-            cell = EvalCell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
-            if i == self.aux_layer:
-                c_aux = c_prev
+        stack = build_cells(in_channels, channels, layers, stem_multiplier,
+                            lambda *shape: EvalCell(genotype, *shape))
+        self.stem, self.cells = stack.stem, stack.cells
         if auxiliary:
-            self.auxiliary_head = AuxiliaryHead(c_aux, num_outputs)
+            self.auxiliary_head = AuxiliaryHead(stack.out_channels[self.aux_layer], num_outputs)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_prev, num_outputs)
-        self._recompute_cells = recompute_plan(sizes) if recompute else ()
+        self.classifier = nn.Linear(stack.out_channels[-1], num_outputs)
+        self._recompute_cells = recompute_plan(stack.sizes) if recompute else ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Eval mode: the logits; training mode: ``(logits, logits_aux or None)``."""

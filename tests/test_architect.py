@@ -43,6 +43,7 @@ def smooth_network(lean_batchnorm: bool = True) -> SearchNetwork:
         for name, child in list(module.named_children()):
             if isinstance(child, nn.ReLU):
                 setattr(module, name, nn.Softplus())
+    model.replan()
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     return model.double()
 

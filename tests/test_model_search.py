@@ -293,7 +293,8 @@ def test_speed_switches_are_constructor_arguments() -> None:
 
 
 def test_submodule_replaced_after_construction_is_used() -> None:
-    """The op plans follow a submodule assigned after construction (and after a forward)."""
+    """The op plans follow a submodule assigned after construction (and after a forward) once
+    ``replan()`` is called."""
     torch.manual_seed(0)
     model = tiny(1)
     mixed = model.cells[0]._ops[3]
@@ -302,5 +303,6 @@ def test_submodule_replaced_after_construction_is_used() -> None:
     mixed(x, w.unbind(0))
     mixed._ops[4].op[0] = torch.nn.Softplus()  # sep_conv_3x3's leading ReLU
     mixed._ops[1][0] = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)  # max_pool_3x3
+    mixed.replan()
     expected = sum(wk * op(x) for wk, op in zip(w, mixed._ops))
     torch.testing.assert_close(mixed(x, w.unbind(0)), expected)

@@ -166,12 +166,13 @@ def test_search_default_plan_same_gradients() -> None:
 
 
 def test_search_replaced_submodule_and_replan() -> None:
-    """A submodule assigned after construction (plans stale, re-planned at the next forward)
-    and a setting changed in place + ``replan()`` keep working under recomputation."""
+    """A submodule assigned after construction and a setting changed in place, each followed
+    by ``replan()``, keep working under recomputation."""
     plain, rec = search_pair(layers=3)
     for model in (plain, rec):
         model.cells[0]._ops[0]._ops[4].op[0] = nn.Softplus()  # sep_conv_3x3's first ReLU
         model.cells[1].preprocess1.op[0] = nn.Softplus()
+        model.replan()
     a = run_search_steps(plain, 1, 1, torch.float64, 1, 8)
     b = run_search_steps(rec, 1, 1, torch.float64, 1, 8)
     assert_close(b["weight_grads"], a["weight_grads"], TOL_GRAD, "weight grad")

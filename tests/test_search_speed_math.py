@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from darts_shared import load_reference
 import nas_core.model_search as ms
+import nas_core.search_paths as sp
 from nas_core.architect import Architect, search_step
 from nas_core.model_search import EdgeInputCache, SearchNetwork
 from nas_core.search_kernels import WeightedSum, batch_norm_last
@@ -58,6 +59,7 @@ def twins(order: int, channels_last: bool, device="cpu", channels=8, layers=3, i
     if smooth_ops:
         smooth(ref)
         smooth(ours)
+        ours.replan()
     ours = ours.to(device)
     if channels_last:  # both, so that max-pool ties and kernels' rounding compare like with like
         ours = ours.to(memory_format=torch.channels_last)
@@ -218,8 +220,8 @@ def test_first_order_bn_statistics_and_eval_output_match_reference() -> None:
 def _no_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every op on a fresh cache (nothing shared); the network is built with
     ``fuse_node_sums=False`` (edges summed one by one)."""
-    original = ms.MixedOp._op_output
-    monkeypatch.setattr(ms.MixedOp, "_op_output",
+    original = sp.EdgePlan.output
+    monkeypatch.setattr(sp.EdgePlan, "output",
                         lambda self, k, x, cache: original(self, k, x, EdgeInputCache()))
     monkeypatch.setattr(ms.MixedOp, "forward",
                         lambda self, x, w, cache=None: _plain_forward(self, x, w))
@@ -229,7 +231,7 @@ def _plain_forward(mixed, x, weights):
     """The edge computed alone (no cache, no in-place accumulation): the original definition."""
     k = mixed.partial_channels
     xs = x if k == 1 else x[:, : x.shape[1] // k]
-    out = sum(weights[i] * mixed._ops[i](xs) for i in mixed._active)
+    out = sum(weights[i] * mixed._ops[i](xs) for i in mixed.plan.active)
     if k == 1:
         return out
     rest = x[:, x.shape[1] // k:]
