@@ -1,4 +1,5 @@
-"""The four compute stages as functions that write files (see docs/architecture.md)."""
+"""The compute stages as functions that write files (see docs/architecture.md); the model
+card stage is :mod:`nas_core.stages.model_card`."""
 
 from nas_core.stages.common import StageError
 from nas_core.stages.genotype import run_genotype
