@@ -61,7 +61,8 @@ def check_bundle(b: DataBundle) -> None:
 
 def test_registry_names():
     assert list_datasets() == sorted(
-        ["digits", "mnist", "fashion-mnist", "cifar-10", "graphene", "netcdf", "image-folder"])
+        ["digits", "mnist", "fashion-mnist", "cifar-10", "graphene", "netcdf", "image-folder",
+         "synthetic"])
 
 
 def test_unknown_dataset_lists_known_ones(tmp_path):

@@ -11,7 +11,7 @@ Public API (see docs/architecture.md, "Data layer")::
     list_datasets(), register_dataset(name, options=..., downloader=..., files=..., local=...,
                                       describe=...), get_dataset(name)
 
-Datasets: digits, mnist, fashion-mnist, cifar-10, graphene, netcdf, image-folder, and any
+Datasets: digits, synthetic, mnist, fashion-mnist, cifar-10, graphene, netcdf, image-folder, and any
 ``package.module:Attribute`` import path (the user's own dataset class, :mod:`.custom`); each
 in ``root/{name}/``.
 """
@@ -38,6 +38,7 @@ from . import digits as _digits  # noqa: E402,F401
 from . import netcdf as _netcdf  # noqa: E402,F401
 from . import vision as _vision  # noqa: E402,F401
 from . import folder as _folder  # noqa: E402,F401
+from . import synthetic as _synthetic  # noqa: E402,F401
 
 __all__ = [
     "ArrayDataset",
