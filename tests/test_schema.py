@@ -188,7 +188,7 @@ REJECTED = [
      "config: unknown key 'datasets.mnist.data.test_fraction' (allowed: crop_padding, name)"),
     (_ds("x", data={"name": "mnsit"}),
      "config: datasets.x.data.name: 'mnsit' is not one of ['digits', 'mnist', 'fashion-mnist', "
-     "'cifar-10', 'graphene', 'netcdf', 'image-folder']"),
+     "'cifar-10', 'graphene', 'netcdf', 'image-folder', 'synthetic']"),
     (_ds("x", data={"name": "mypackage.data:SoilMoisture", "standardize": "yes"}),
      "config: datasets.x.data.standardize: 'yes' is not of type 'boolean'"),
     (_ds("x", data={"seed": 3}), "config: datasets.x.data: 'name' is a required property"),
