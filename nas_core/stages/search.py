@@ -128,7 +128,7 @@ class _Search(EpochStage):
         self.task = get_task(bundle.task)
         self.w_idx, self.a_idx = split
         self.architect = architect
-        self.w_opt = self.optimizer = w_opt
+        self.optimizer = w_opt  # the weights' SGD, which the cosine schedule drives
         self.stateful = {"w_optimizer": w_opt, "arch_optimizer": architect.arch_optimizer}
         self.search_step = None
         self.shares = {"train": 1.0, "val": 1.0}
@@ -141,7 +141,7 @@ class _Search(EpochStage):
                               f"data-parallel processes (use one process per search)")
         try:
             self.search_step = make_search_step(
-                self.model, self.architect, self.w_opt, self.cfg["grad_clip"],
+                self.model, self.architect, self.optimizer, self.cfg["grad_clip"],
                 self.runtime.amp_dtype, cuda_graphs=self.cfg["cuda_graphs"])
         except ValueError as e:
             raise ConfigError(f"search.{e}") from None
