@@ -23,7 +23,7 @@ import numpy as np
 
 from nas_core.errors import NasCoreError
 from nas_core.fileio import atomic_write_text
-from nas_core.ops import PRIMITIVES, has_op, list_ops
+from nas_core.ops import PARAMETER_FREE, PRIMITIVES, has_op, list_ops
 
 __all__ = [
     "Genotype",
@@ -191,6 +191,13 @@ class Genotype:
     @property
     def steps_reduce(self) -> int:
         return len(self.reduce) // 2
+
+    def parameter_free(self, cell: str = "normal") -> int:
+        """How many of ``cell``'s ("normal" or "reduce") operations have no weights: pooling,
+        ``skip_connect`` (the identity; on a reduction cell's strided edges it is a
+        FactorizedReduce, counted all the same, as the DARTS literature counts skips) and
+        ``none`` (:data:`PARAMETER_FREE`): the figure a collapsed search drives up."""
+        return sum(op in PARAMETER_FREE for op, _ in getattr(self, cell))
 
     def to_legacy(self) -> str:
         """The original ``Genotype(normal=[...], normal_concat=[...], ...)`` text."""

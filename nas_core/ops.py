@@ -30,6 +30,10 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 
+#: The primitives without weights of their own (in a normal cell): the operations a
+#: collapsing DARTS search fills its cells with.
+PARAMETER_FREE = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
+
 
 def register_op(name: str) -> Callable[[OpFactory], OpFactory]:
     """Decorator that registers ``factory(channels, stride, affine)`` under ``name``."""
