@@ -128,6 +128,19 @@ _CKPT_EVERY = Key(200, "int", "also write a checkpoint every N steps within an e
 
 SPECS: dict[str, dict[str, Key]] = {
     "search": {
+        "method": Key("darts", "choice",
+                      'how the cell is found: "darts" (bilevel gradient search of the alphas, '
+                      'first or second order, PC-DARTS with partial_channels), "random" (a '
+                      "cell drawn uniformly from the search space under the seed, nothing "
+                      'trained: the random-sampling baseline) or "random_ws" (random search '
+                      "with weight sharing, Li & Talwalkar 2019: the supernet trained on "
+                      "uniformly sampled single paths, then the best of `candidates` sampled "
+                      "cells by supernet validation loss)",
+                      choices=("darts", "random", "random_ws")),
+        "candidates": Key(16, "int", "random_ws: cells sampled after the supernet's training "
+                                     "and ranked by their loss on the alpha half (the "
+                                     "search's validation set; at most max_steps_per_epoch "
+                                     "batches each)", minimum=1),
         "epochs": Key(50, "int", "search epochs", minimum=1),
         "batch_size": _batch_key(64, "batch size (weights half and alphas half alike)"),
         "layers": Key(8, "int", "cells of the supernet (reduction cells at layers//3 and "
@@ -421,6 +434,10 @@ def validate_stage_cfg(stage: str, cfg: Mapping[str, Any] | None) -> dict[str, A
         if out["multiplier"] > out["steps"]:
             raise ConfigError(f"search.multiplier: {out['multiplier']} is larger than "
                               f"search.steps {out['steps']}")
+        if out["method"] == "random_ws" and out["partial_channels"] > 1:
+            raise ConfigError(f"search.partial_channels: {out['partial_channels']} is not for "
+                              f"search.method random_ws (single paths of the plain supernet; "
+                              f"set 1)")
         if out["init_channels"] % out["partial_channels"]:
             raise ConfigError(f"search.partial_channels: {out['partial_channels']} does not "
                               f"divide search.init_channels {out['init_channels']}")
