@@ -1,26 +1,25 @@
-"""The search stage: bilevel DARTS search of the supernet (first or second order, PC-DARTS).
+"""The search stage: ``search.method`` darts (the default; the bilevel DARTS search of the
+supernet, first or second order, PC-DARTS), random_ws (:mod:`nas_core.stages.random_ws`) or
+random (:mod:`nas_core.stages.random_cell`), all writing the same files.
 
 Outputs in ``out_dir``: ``alphas.json``, ``supernet.pt``, ``history.json`` (compared bit for bit
 between interrupted and uninterrupted runs) and ``timings.json`` (wall-clock seconds per epoch;
 not reproducible by nature, hence kept out of ``history.json``).  Checkpoints:
-``out_dir/checkpoints/last.pt``.
+``out_dir/checkpoints/last.pt``.  ``alphas.json``: :mod:`nas_core.stages.search_common`.
 
-Each step: an alpha step (``Architect``) on a batch of the alpha half, then a weight step (SGD,
-gradient clip) on a batch of the weight half (``architect.search_step``); the alpha half is
-cycled if it has fewer batches.  After each epoch the supernet is evaluated (eval mode, no
+Each DARTS step: an alpha step (``Architect``) on a batch of the alpha half, then a weight step
+(SGD, gradient clip) on a batch of the weight half (``architect.search_step``); the alpha half
+is cycled if it has fewer batches.  After each epoch the supernet is evaluated (eval mode, no
 augmentation) on the alpha half (at most ``max_steps_per_epoch`` batches), and the epoch's
-softmaxed alphas and genotype (after the epoch's updates) are recorded.
-
-``alphas.json`` (plain JSON): ``format`` ("nas_core.alphas/1"), ``primitives``, ``steps``,
-``multiplier``, ``partial_channels``, ``epochs``, ``alphas`` {normal, reduce} (raw, edges x
-ops), ``softmax`` {normal, reduce}, with PC-DARTS ``betas`` and ``edge_weights`` (softmax of the
-betas per node), and ``weights`` {normal, reduce}: softmax x edge weight, the exact input of
-``derive_genotype`` (equal to ``softmax`` without PC-DARTS).
+softmaxed alphas and genotype (after the epoch's updates) are recorded.  The last log line
+names the cell and how far the normal and reduction cells' weights moved from uniform
+(:func:`nas_core.alpha_stats.moved_line`).
 
 ``history.json``: ``{"stage": "search", "metric": "top1"|"r2", "data", "batch": {"batch_size",
-"auto"}, "epochs": [{"epoch" (0-based),
+"auto"}, "method", "epochs": [{"epoch" (0-based),
 "lr", "train": {"loss", metric}, "valid": {"loss", metric}, "alphas": {"normal", "reduce"}
-(softmaxed), "genotype": {...}}]}``.  ``timings.json`` also holds ``"memory"``: the estimate,
+(softmaxed), "genotype": {...}}]}`` (random_ws: no alphas or genotype per epoch; its
+``candidates`` and ``chosen``).  ``timings.json`` also holds ``"memory"``: the estimate,
 the budget and, on CUDA, the run's measured peak (:meth:`nas_core.stages.budget.BatchPlan.
 memory_record`).
 """
@@ -32,10 +31,11 @@ from typing import Any, Sequence
 
 import torch
 
+from nas_core.alpha_stats import moved_line
 from nas_core.architect import Architect
 from nas_core.checkpoint import atomic_torch_save
-from nas_core.config import ConfigError
-from nas_core.data import DataBundle, split_indices
+from nas_core.config import ConfigError, validate_stage_cfg
+from nas_core.data import DataBundle
 from nas_core.distributed import data_parallel
 from nas_core.fileio import atomic_write_json
 from nas_core.graphs import make_search_step
@@ -43,53 +43,15 @@ from nas_core.memory import Probe
 from nas_core.model_search import SearchNetwork
 from nas_core.stages.common import SeededDataset, epoch_batches, state_dict_cpu
 from nas_core.stages.driver import Recipe, drive
-from nas_core.stages.genotype import ALPHAS_FORMAT
 from nas_core.stages.loop import EpochStage
+from nas_core.stages.random_cell import run_random_cell
+from nas_core.stages.random_ws import RandomWSRecipe
 from nas_core.stages.runtime import Batch, Runtime, evaluate
+from nas_core.stages.search_common import (OUTPUTS, alphas_document, matrix, search_network,
+                                           search_split)
 from nas_core.tasks import Task, get_task
 
 __all__ = ["run_search", "search_probe", "search_split", "alphas_document", "OUTPUTS"]
-
-OUTPUTS = ("alphas.json", "supernet.pt", "history.json", "timings.json")
-
-
-def _matrix(t: torch.Tensor) -> list:
-    return t.detach().float().cpu().tolist()
-
-
-def alphas_document(model: SearchNetwork, epochs: int) -> dict[str, Any]:
-    """The plain-JSON content of ``alphas.json`` (see the module docstring)."""
-    wn, wr = model.arch_weights()
-    en, er = model.edge_weights()
-    doc: dict[str, Any] = {
-        "format": ALPHAS_FORMAT,
-        "primitives": list(model.primitives),
-        "steps": int(model.steps),
-        "multiplier": int(model.multiplier),
-        "partial_channels": int(model.partial_channels),
-        "epochs": int(epochs),
-        "alphas": {"normal": _matrix(model.alphas_normal), "reduce": _matrix(model.alphas_reduce)},
-        "softmax": {"normal": _matrix(wn), "reduce": _matrix(wr)},
-    }
-    if model.betas_normal is not None:
-        doc["betas"] = {"normal": _matrix(model.betas_normal),
-                        "reduce": _matrix(model.betas_reduce)}
-        doc["edge_weights"] = {"normal": _matrix(en), "reduce": _matrix(er)}
-    # exactly what SearchNetwork.genotype() feeds to derive_genotype (float32 products)
-    doc["weights"] = {"normal": _matrix(wn * en[:, None]), "reduce": _matrix(wr * er[:, None])}
-    return doc
-
-
-def search_split(cfg: dict, bundle: DataBundle) -> tuple[list[int], list[int]]:
-    """The training part's indices that train the weights, and those that train the alphas."""
-    return split_indices(len(bundle.train), cfg["train_portion"], cfg["seed"])
-
-
-def _network(cfg: dict, bundle: DataBundle, runtime: Runtime) -> SearchNetwork:
-    return runtime.model(SearchNetwork(
-        bundle.in_channels, cfg["init_channels"], bundle.num_outputs, cfg["layers"],
-        steps=cfg["steps"], multiplier=cfg["multiplier"],
-        partial_channels=cfg["partial_channels"], recompute=cfg["recompute"]))
 
 
 def _optimizers(cfg: dict, model: SearchNetwork,
@@ -107,7 +69,7 @@ def search_probe(cfg: dict, bundle: DataBundle, runtime: Runtime) -> Probe:
     task = get_task(bundle.task)
 
     def run(batch: int) -> None:
-        model = _network(cfg, bundle, runtime)
+        model = search_network(cfg, bundle, runtime)
         w_opt, architect = _optimizers(cfg, model, task)
         step = make_search_step(model, architect, w_opt, cfg["grad_clip"], runtime.amp_dtype)
         data = [runtime.batch(torch.randn(batch, bundle.in_channels, *bundle.input_size),
@@ -168,7 +130,7 @@ class _Search(EpochStage):
                                    max_batches=self.cfg["max_steps_per_epoch"])
         wn, wr = self.model.arch_weights()
         genotype = self.model.genotype()
-        record["alphas"] = {"normal": _matrix(wn), "reduce": _matrix(wr)}
+        record["alphas"] = {"normal": matrix(wn), "reduce": matrix(wr)}
         record["genotype"] = genotype.to_dict()
         return f" genotype {genotype.to_legacy()}"
 
@@ -187,7 +149,7 @@ class _SearchRecipe(Recipe):
 
     split = staticmethod(search_split)
     probe = staticmethod(search_probe)
-    network = staticmethod(_network)
+    network = staticmethod(search_network)
 
     def epoch_stage(self, cfg, bundle, runtime, model, split) -> _Search:
         w_opt, architect = _optimizers(cfg, model, get_task(bundle.task))
@@ -203,24 +165,39 @@ class _SearchRecipe(Recipe):
 
     def finish(self, stage: _Search, model: SearchNetwork) -> dict[str, Any]:
         self.genotype = model.genotype()
+        self.moved = moved_line(*model.arch_weights())
         return {"genotype": self.genotype.to_dict()}
+
+    def history(self, stage: _Search, outcome) -> dict[str, Any]:
+        return {"method": "darts"}
 
     def write(self, paths, stage: _Search, model: SearchNetwork, outcome) -> None:
         atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
         atomic_write_json(paths["alphas.json"], alphas_document(model, stage.cfg["epochs"]))
 
     def done(self, paths, outcome) -> str:
-        return f"search done: {self.genotype.to_legacy()}"
+        return f"search done: {self.genotype.to_legacy()}; {self.moved}"
 
 
-@data_parallel
 def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | Path = "resources",
-               device: str | torch.device | None = None) -> dict:
-    """Run (or resume) the DARTS search; see the module docstring and docs/architecture.md.
+               device: str | torch.device | None = None, nproc: int | None = None) -> dict:
+    """Run (or resume) the search of ``search.method`` (darts, random_ws; random draws a cell
+    and trains nothing, :mod:`nas_core.stages.random_cell`); see the module docstring and
+    docs/architecture.md.
 
     Returns ``{"alphas", "supernet", "history", "timings"}`` (paths as str), ``"genotype"``
     (dict), ``"train"`` / ``"valid"`` (metrics of the last epoch) and ``"resumed_from"``
-    (``[epoch, step]`` or None).  ``nproc=N`` (keyword) searches data-parallel in N processes
+    (``[epoch, step]`` or None).  ``nproc=N`` searches data-parallel in N processes
     (:mod:`nas_core.distributed`): weight and alpha gradients averaged over the ranks.
     """
-    return drive(_SearchRecipe(), data, cfg, out_dir, data_root=data_root, device=device)
+    if validate_stage_cfg("search", cfg)["method"] == "random":
+        return run_random_cell(data, cfg, out_dir, data_root=data_root)
+    return _run_trained_search(data, cfg, out_dir, data_root=data_root, device=device,
+                               nproc=nproc)
+
+
+@data_parallel
+def _run_trained_search(data: dict, cfg: dict, out_dir: str | Path, *,
+                        data_root: str | Path, device: str | torch.device | None) -> dict:
+    recipe = RandomWSRecipe() if cfg.get("method") == "random_ws" else _SearchRecipe()
+    return drive(recipe, data, cfg, out_dir, data_root=data_root, device=device)
