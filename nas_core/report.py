@@ -35,13 +35,15 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
+from nas_core.alpha_stats import MOVED
 from nas_core.fileio import atomic_write_bytes, atomic_write_text
 from nas_core.ops import PRIMITIVES as DEFAULT_PRIMITIVES  # the alphas' column order
 from nas_core.tasks import Task, task_of_metric
 
 __all__ = ["search_figures", "cell_figures", "train_figure", "test_figure", "test_table",
            "curves_figure", "alphas_figure", "cell_figure", "cell_dot", "edge_labels",
-           "chosen_edges", "dataset_name", "MAX_ALPHA_PANELS", "CELL_COLOURS"]
+           "chosen_edges", "dataset_name", "quality_figure", "MAX_ALPHA_PANELS",
+           "CELL_COLOURS"]
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +211,10 @@ def alphas_figure(history_path: str | os.PathLike, cell: str, out: str | os.Path
     if not recs:
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"no alphas of the {cell} cell in {history_path}", ha="center")
+        method = history.get("method", "darts")
+        ax.text(0.5, 0.5, f"search.method {method}: the cell was sampled, no architecture "
+                          f"weights to show" if method != "darts" else
+                f"no alphas of the {cell} cell in {history_path}", ha="center")
         _save(fig, out)
         return {"epochs": [], "outlined": []}
     picks = [recs[i] for i in _pick_epochs(len(recs))]
@@ -248,8 +253,8 @@ def alphas_figure(history_path: str | os.PathLike, cell: str, out: str | os.Path
     bar.set_ticks(ticks)
     bar.set_ticklabels([f"{t:.3g}" + (f"\n(1/{n_ops}, uniform)" if t == uniform else "")
                         for t in ticks])
-    note = ("\nthe alphas moved less than 5 % from uniform: the kept operations are close to "
-            "a random pick" if spread < 0.05 * uniform else "")
+    note = (f"\nthe alphas moved less than {MOVED} from uniform: the kept operations are "
+            f"close to a random pick" if spread < MOVED else "")
     fig.suptitle((title or f"{cell} cell: architecture weights over the search")
                  + f"\nwhite = uniform 1/{n_ops}; red: above, blue: below; outlined: the "
                    f"operations the genotype keeps{note}", fontsize=10)
@@ -733,3 +738,40 @@ def test_table(test_json: str | os.PathLike, out: str | os.PathLike,
 
 
 test_table.__test__ = False
+
+
+# -- search quality against random cells --------------------------------------------------
+def quality_figure(rows: Sequence[dict], out: str | os.PathLike,
+                   metric_label: str = "test top-1 (%)") -> dict:
+    """The reference distribution of random cells with each method's cells marked
+    (``benchmarks/search_quality.py``): one row per method, a dot per cell (its ``top1``), a
+    bar at the method's mean, the reference cells' median as a dashed line across.
+    ``rows``: ``{"label", "top1", "parameter_free"}``; ``label`` "reference" is the
+    distribution.  Returns the reference median (None without reference cells)."""
+    plt = _plt()
+    import statistics
+
+    labels = ["reference"] + [lb for lb in dict.fromkeys(r["label"] for r in rows)
+                              if lb != "reference"]
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(labels) + 1.6), layout="constrained")
+    reference = [r["top1"] for r in rows if r["label"] == "reference"]
+    median = statistics.median(reference) if reference else None
+    for y, label in enumerate(reversed(labels)):
+        values = [r["top1"] for r in rows if r["label"] == label]
+        colour = "0.55" if label == "reference" else f"C{labels.index(label) - 1}"
+        ax.scatter(values, [y] * len(values), s=36, color=colour, alpha=0.8, zorder=3)
+        if values:
+            ax.plot([statistics.mean(values)] * 2, [y - 0.3, y + 0.3], color=colour, lw=2.5)
+    if median is not None:
+        ax.axvline(median, color="0.3", ls="--", lw=1, label=f"median random cell "
+                                                             f"{median:.1f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels([f"{lb} ({sum(r['label'] == lb for r in rows)})"
+                        for lb in reversed(labels)])
+    ax.set_xlabel(metric_label)
+    ax.set_title("searched cells against random cells, same training budget\n(dots: cells; "
+                 "bars: means)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, out)
+    return {"reference_median": median}
