@@ -74,12 +74,14 @@ def _assert_ok(proc: subprocess.CompletedProcess) -> None:
 
 # -- resume after SIGKILL ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_search_killed_and_restarted_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("method", ["darts", "random_ws"])
+def test_search_killed_and_restarted_is_bit_identical(tmp_path, method):
+    cfg = dict(SEARCH_KILL, method=method, candidates=3)
     ref = tmp_path / "ref"
-    run_search(DIGITS, SEARCH_KILL, ref, device="cpu")
+    run_search(DIGITS, cfg, ref, device="cpu")
 
     out = tmp_path / "killed"
-    args = ["search", "--dataset", "digits", *_sets("search", SEARCH_KILL), "--out", str(out),
+    args = ["search", "--dataset", "digits", *_sets("search", cfg), "--out", str(out),
             "--device", "cpu"]
     # killed right after its first checkpoint (epoch 0, step 2)
     _assert_killed(_cli(args, kill_at=2))
