@@ -442,3 +442,36 @@ def test_report_opens_with_the_summary_and_labels_its_results(done):
     assert labels["results/digits/figures/test_metrics.html"]["view"] == "metrics table"
     assert results["results/digits/figures/test_metrics.html"]["mime_type"] == "text/html"
     assert labels["results/summary.html"]["figure"] == "summary table"
+
+
+@pytest.mark.slow
+def test_random_baseline_through_the_workflow(tmp_path):
+    """search.method random: two drawn cells (seeds 1 and 2), the select stage picks one, and
+    training, test and figures run as for a DARTS search."""
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = {"targets": ["digits"], "datasets": {"digits": {
+        "data": {"name": "digits"},
+        "search": {"method": "random", "seeds": [1, 2], "layers": 3, "init_channels": 4},
+        "select": {"epochs": 1, "max_steps_per_epoch": 2, "layers": 2, "init_channels": 4,
+                   "num_workers": 0},
+        "train": {"epochs": 1, "max_steps_per_epoch": 3, "layers": 2, "init_channels": 4,
+                  "num_workers": 0},
+        "test": {"num_workers": 0}}}}
+    write_config(wf / "random.yaml", cfg)
+    proc = snakemake(wf, "--cores", "2", "--configfile", "random.yaml", "--resources", "gpu=0")
+    assert proc.returncode == 0, proc.output[-6000:]
+    assert proc.output.count("search done (random: a cell drawn under seed") == 2
+    results = wf / "results" / "digits"
+    selection = json.loads((results / "selection.json").read_text())
+    chosen = json.loads((results / "genotype.json").read_text())
+    seeds = {c["seed"]: c for c in selection["candidates"]}
+    assert set(seeds) == {1, 2}
+    drawn = {s: json.loads((results / f"search/seed{s}/genotype.json").read_text())
+             for s in (1, 2)}
+    assert drawn[1] != drawn[2]
+    assert chosen == drawn[selection["winner"]["seed"]]
+    assert json.loads((results / "test.json").read_text())["genotype"] == chosen
+    figures = results / "figures"
+    for png in ("seed1/alphas_normal.png", "seed2/search_curves.png", "selection.png",
+                "cell_normal.png", "test_metrics.png"):
+        assert (figures / png).read_bytes()[:4] == b"\x89PNG", png
