@@ -1,6 +1,7 @@
 """``python -m nas_core memory STAGE``: a stage's expected peak memory without running it.
 
-The stage's own probe (:func:`nas_core.stages.search.search_probe`, ``train_probe``,
+The stage's own probe (:func:`nas_core.stages.search.search_probe`, or ``random_ws_probe``
+for that method, ``train_probe``,
 ``test_probe``) and the stages' own planning (:func:`nas_core.stages.budget.measure_plan`):
 the expected peak per device for the configured batch and for any list of batch sizes; with
 ``batch_size: auto`` the batch the stage would choose, measured the same way.
@@ -20,6 +21,7 @@ from nas_core.sizes import format_bytes
 from nas_core.stages.budget import measure_plan
 from nas_core.stages.genotype import load_genotype_source
 from nas_core.stages.runtime import Runtime
+from nas_core.stages.random_ws import random_ws_probe
 from nas_core.stages.search import search_probe, search_split
 from nas_core.stages.test import test_probe
 from nas_core.stages.train import train_probe, train_split
@@ -43,7 +45,10 @@ def estimate_stage(stage: str, data: dict, cfg: dict, *, train_cfg: dict | None 
         train_cfg["channels_last"] if stage == "test" else None))
     bundle = load_data(data, data_root)
     if block == "search":
-        probe = search_probe(cfg, bundle, runtime)
+        # random_ws steps one sampled path; darts (and random, which trains nothing, at
+        # the step a DARTS search of the same supernet would take) the whole mixed op
+        probe = (random_ws_probe if cfg["method"] == "random_ws" else search_probe)(
+            cfg, bundle, runtime)
         samples = len(search_split(cfg, bundle)[0])
     else:
         geno = load_genotype_source(genotype)
