@@ -1,0 +1,139 @@
+"""Collapse diagnostics: the Hessian's dominant eigenvalue, the per-epoch figures, the rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from nas_core import collapse
+from nas_core.hessian import (dominant_eigenvalue, hessian_vector_product, plain_twin,
+                              supernet_eigenvalue)
+from nas_core.model_search import SearchNetwork
+from nas_core.stages import run_search
+
+
+def test_eigenvalue_of_a_known_quadratic():
+    """L = 1/2 x^T A x has Hessian A: power iteration finds its eigenvalue of largest
+    magnitude, also when the parameters come as several tensors."""
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(7, 7, dtype=torch.float64))
+    eig = torch.tensor([5.0, -2.0, 1.5, 1.0, 0.5, 0.1, -0.3], dtype=torch.float64)
+    a = q @ torch.diag(eig) @ q.T
+    x1 = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        x = torch.cat([x1, x2.flatten()])
+        return 0.5 * x @ a @ x
+
+    value = dominant_eigenvalue(lambda v: hessian_vector_product(loss, [x1, x2], v),
+                                [x1, x2], iters=200, seed=3)
+    assert value == pytest.approx(5.0, rel=1e-9)
+    # a negative dominant eigenvalue is found with its sign
+    value = dominant_eigenvalue(lambda v: hessian_vector_product(lambda: -3 * loss(), [x1, x2],
+                                                                 v), [x1, x2], iters=200)
+    assert value == pytest.approx(-15.0, rel=1e-9)
+    # seeded: the same start, the same value after few iterations
+    few = [dominant_eigenvalue(lambda v: hessian_vector_product(loss, [x1, x2], v), [x1, x2],
+                               iters=3, seed=1) for _ in range(2)]
+    assert few[0] == few[1] and few[0] != pytest.approx(5.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("partial_channels", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_supernet_eigenvalue_is_the_top_eigenvalue_of_the_full_hessian(partial_channels):
+    """On a tiny float64 supernet the power iteration's value is the eigenvalue of largest
+    magnitude of the Hessian of the mean batch loss over every architecture parameter,
+    computed in full by torch.autograd.functional.hessian; the supernet is left as it was."""
+    torch.manual_seed(0)
+    model = SearchNetwork(2, 2, 3, 3, steps=2, multiplier=2,
+                          partial_channels=partial_channels).double().train()
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.normal_(0, 0.5)
+    batches = [(torch.randn(4, 2, 4, 4, dtype=torch.float64), torch.randint(0, 3, (4,)))
+               for _ in range(2)]
+    loss = torch.nn.functional.cross_entropy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    value = supernet_eigenvalue(model, batches, loss, iters=100)
+
+    twin = plain_twin(model)
+    params = twin.arch_parameters()
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def flat_loss(flat):
+        parts = [t.view(s) for t, s in zip(torch.split(flat, sizes), shapes)]
+        return sum(loss(_forward_with(twin, parts, x), y) for x, y in batches) / len(batches)
+
+    flat = torch.cat([p.detach().flatten() for p in params])
+    full = torch.autograd.functional.hessian(flat_loss, flat)
+    eig = torch.linalg.eigvalsh(full)
+    top = eig[eig.abs().argmax()].item()
+    assert value == pytest.approx(top, rel=1e-6)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _arch_named(model):
+    ids = {id(p) for p in model.arch_parameters()}
+    return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
+
+
+def _forward_with(model, parts, x):
+    names = [n for n, _ in _arch_named(model)]
+    return torch.func.functional_call(model, dict(zip(names, parts)), (x,), strict=False)
+
+
+def test_cell_diagnostics_and_entropy():
+    uniform = [[1 / 8] * 8 for _ in range(14)]
+    d = collapse.cell_diagnostics(uniform, ["skip_connect", "max_pool_3x3", "sep_conv_3x3",
+                                            "skip_connect", "none", "dil_conv_5x5",
+                                            "avg_pool_3x3", "skip_connect"])
+    assert d == {"parameter_free": 6, "skip": 3, "ops": 8, "movement": pytest.approx(0.0),
+                 "entropy": pytest.approx(math.log(8))}
+    one_hot = [[1.0] + [0.0] * 7, [0.5, 0.5] + [0.0] * 6]
+    assert collapse.entropy(one_hot) == pytest.approx(math.log(2) / 2)
+    assert collapse.cell_diagnostics(one_hot, [])["movement"] == pytest.approx(7 / 8)
+
+
+def test_the_skip_warning_and_the_rdarts_rule():
+    diag = {"normal": {"skip": 3}, "reduce": {"skip": 0}}
+    lines = collapse.warnings(diag)
+    assert len(lines) == 1 and "3 skip connections (more than 2)" in lines[0]
+    assert collapse.warnings({"normal": {"skip": 2}, "reduce": {"skip": 5}}) == []
+    # R-DARTS: local means over 5 measurements, 5 back, ratio below 0.75
+    flat = [1.0] * 10
+    assert collapse.rdarts_rule(flat) is None
+    assert collapse.rdarts_rule([1.0] * 9) is None  # fewer than k + window
+    grown = [1.0] * 5 + [1.5] * 5  # mean 1.0 then 1.5: ratio 0.667
+    assert collapse.rdarts_rule(grown) == pytest.approx(1 / 1.5)
+    assert collapse.rdarts_rule([1.0] * 5 + [1.3] * 5) is None  # 0.77: not yet
+    lines = collapse.warnings({"normal": {"skip": 0}}, grown)
+    assert len(lines) == 1 and "grew 1.50x over the last 5 measurements" in lines[0]
+
+
+def test_the_search_records_the_diagnostics_every_epoch(tmp_path, caplog):
+    """history.json holds each epoch's diagnostics of the derived cells (matching its
+    genotype and alphas), the eigenvalue on the hessian_every epochs and the last; the epoch
+    line says them in short."""
+    cfg = {"epochs": 3, "layers": 2, "init_channels": 4, "steps": 2, "multiplier": 2,
+           "batch_size": 16, "max_steps_per_epoch": 2, "num_workers": 0, "hessian_every": 2,
+           "hessian_batches": 1, "arch_lr": 0.05}
+    with caplog.at_level(logging.INFO, logger="nas_core"):
+        run_search({"name": "digits"}, cfg, tmp_path)
+    epochs = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    for rec in epochs:
+        diag = rec["collapse"]
+        for cell in ("normal", "reduce"):
+            ops = [op for op, _ in rec["genotype"][cell]]
+            assert diag[cell] == collapse.cell_diagnostics(rec["alphas"][cell], ops)
+    assert [("hessian_eigenvalue" in r["collapse"]) for r in epochs] == [False, True, True]
+    assert all(math.isfinite(r["collapse"]["hessian_eigenvalue"]) for r in epochs[1:])
+    lines = [r.getMessage() for r in caplog.records if " epoch 2/3 " in r.getMessage()]
+    assert len(lines) == 1 and "| normal cell " in lines[0]
+    assert "parameter-free" in lines[0] and "| Hessian eigenvalue " in lines[0]
