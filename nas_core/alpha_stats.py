@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MOVED", "movement", "moved_line"]
+__all__ = ["MOVED", "movement", "moved_line", "weight_rows"]
 
 #: the "moved" band: max |softmax(alpha) - 1/K| below it is close to a random pick
 MOVED = 0.05
@@ -21,11 +21,12 @@ MOVED = 0.05
 def movement(weights: Any) -> float:
     """``max |w - 1/K|`` over the edges x K operations of ``weights`` (a tensor or nested
     lists; torch-free, for the report)."""
-    rows = _rows(weights)
+    rows = weight_rows(weights)
     return max(abs(float(v) - 1.0 / len(rows[0])) for row in rows for v in row)
 
 
-def _rows(weights: Any) -> list[list[float]]:
+def weight_rows(weights: Any) -> list[list[float]]:
+    """``weights`` (a tensor or nested lists, edges x operations) as lists of floats."""
     rows = weights.tolist() if hasattr(weights, "tolist") else weights
     if not rows or not all(isinstance(r, (list, tuple)) and len(r) == len(rows[0]) and r
                            for r in rows):
@@ -36,7 +37,7 @@ def _rows(weights: Any) -> list[list[float]]:
 def moved_line(normal: Any, reduce: Any) -> str:
     """The console's words on the movement of the normal and reduction cell's weights."""
     n, r = movement(normal), movement(reduce)
-    k = len(_rows(normal)[0])
+    k = len(weight_rows(normal)[0])
     text = f"alphas moved from uniform: max |w - 1/{k}| normal {n:.3f}, reduce {r:.3f}"
     if n < MOVED:
         text += (f" (normal cell below {MOVED}: its operations are close to a random pick; "

@@ -179,6 +179,15 @@ SPECS: dict[str, dict[str, Key]] = {
                      "select stage trains each seed's cell briefly and keeps the best (DARTS: "
                      "four seeds); null = [seed]. A search run itself uses `seed` only",
                      minimum=0, nullable=True),
+        "hessian_every": Key(0, "int", "every k epochs (and at the last), the dominant "
+                                       "eigenvalue of the validation loss's Hessian with "
+                                       "respect to the alphas, R-DARTS' collapse indicator "
+                                       "(power iteration, nas_core.hessian), in history.json "
+                                       "and on the epoch line; 0 = off (each costs some 20 "
+                                       "double-backward passes per batch)", minimum=0),
+        "hessian_batches": Key(2, "int", "batches of the alpha half (the first, in index "
+                                         "order: the same every time) that the eigenvalue is "
+                                         "measured on", minimum=1),
         "max_steps_per_epoch": _MAX_STEPS,
         "checkpoint_every_steps": _CKPT_EVERY,
         "amp": _AMP,

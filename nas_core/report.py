@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas_core.alpha_stats import MOVED
+from nas_core.collapse import SKIP_LIMIT
 from nas_core.fileio import atomic_write_bytes, atomic_write_text
 from nas_core.ops import PRIMITIVES as DEFAULT_PRIMITIVES  # the alphas' column order
 from nas_core.tasks import Task, task_of_metric
@@ -110,7 +111,8 @@ def _series(epochs: list[dict], part: str, key: str) -> tuple[list[int], list[fl
 
 
 def curves_figure(history_path: str | os.PathLike, out: str | os.PathLike, title: str) -> None:
-    """Loss, metric (top-1 % or R²) and learning rate per epoch, train and valid."""
+    """Loss, metric (top-1 % or R²) and learning rate per epoch, train and valid; a search's
+    history with collapse diagnostics adds a row of them (:func:`_collapse_panels`)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
@@ -118,7 +120,12 @@ def curves_figure(history_path: str | os.PathLike, out: str | os.PathLike, title
     epochs = history.get("epochs", [])
     task = _task(history)
     metric, label = task.metric, task.metric_label
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    diagnosed = [r for r in epochs if isinstance(r.get("collapse"), dict)]
+    fig, grid = plt.subplots(2 if diagnosed else 1, 3, figsize=(13, 7.2 if diagnosed else 3.6),
+                             squeeze=False)
+    axes = grid[0]
+    if diagnosed:
+        _collapse_panels(grid[1], diagnosed)
     for ax, key, ylabel in ((axes[0], "loss", "loss"), (axes[1], metric, label)):
         for part, style in (("train", "-o"), ("valid", "-s")):
             xs, ys = _series(epochs, part, key)
@@ -132,7 +139,7 @@ def curves_figure(history_path: str | os.PathLike, out: str | os.PathLike, title
     lrs = [(int(r["epoch"]) + 1, float(r["lr"])) for r in epochs if isinstance(r.get("lr"), (int, float))]
     if lrs:
         axes[2].plot(*zip(*lrs), "-", color="tab:gray")
-    for ax in axes:
+    for ax in grid.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_xlabel("epoch")
     axes[2].set_ylabel("learning rate")
@@ -143,6 +150,44 @@ def curves_figure(history_path: str | os.PathLike, out: str | os.PathLike, title
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, out)
+
+
+def _collapse_panels(axes, epochs: list[dict]) -> None:
+    """The search's collapse diagnostics per epoch (:mod:`nas_core.collapse`): kept
+    parameter-free operations and skip connections, the alphas' movement and entropy, and the
+    Hessian's dominant eigenvalue where measured."""
+    xs = [int(r["epoch"]) + 1 for r in epochs]
+    for cell, colour in (("normal", "tab:red"), ("reduce", "tab:blue")):
+        diag = [r["collapse"][cell] for r in epochs]
+        axes[0].plot(xs, [d["parameter_free"] for d in diag], "-o", color=colour,
+                     markersize=3, label=f"{cell}: parameter-free")
+        axes[0].plot(xs, [d["skip"] for d in diag], "--s", color=colour, markersize=3,
+                     label=f"{cell}: skip_connect")
+        axes[1].plot(xs, [d["movement"] for d in diag], "-o", color=colour, markersize=3,
+                     label=f"{cell}: max |w - 1/K|")
+    axes[0].axhline(SKIP_LIMIT, color="tab:gray", lw=0.8, ls=":")
+    axes[0].set_ylabel("operations of the derived cell")
+    axes[0].set_ylim(bottom=0)
+    axes[1].axhline(MOVED, color="tab:gray", lw=0.8, ls=":")
+    axes[1].set_ylabel("movement from uniform")
+    entropy = axes[1].twinx()
+    entropy.plot(xs, [r["collapse"]["normal"]["entropy"] for r in epochs], ":",
+                 color="tab:red", label="normal: entropy (right)")
+    entropy.set_ylabel("mean edge entropy (nats)")
+    measured = [(x, r["collapse"]["hessian_eigenvalue"]) for x, r in zip(xs, epochs)
+                if isinstance(r["collapse"].get("hessian_eigenvalue"), (int, float))]
+    if measured:
+        axes[2].plot(*zip(*measured), "-o", color="tab:purple", markersize=3)
+    else:
+        axes[2].text(0.5, 0.5, "not measured\n(search.hessian_every: 0)", ha="center",
+                     va="center", transform=axes[2].transAxes)
+    axes[2].set_ylabel("Hessian's dominant eigenvalue")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left")
+    entropy.legend(fontsize=7, loc="lower right")
 
 
 # -- alphas -------------------------------------------------------------------------------

@@ -74,9 +74,12 @@ def _assert_ok(proc: subprocess.CompletedProcess) -> None:
 
 # -- resume after SIGKILL ---------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["darts", "random_ws"])
-def test_search_killed_and_restarted_is_bit_identical(tmp_path, method):
-    cfg = dict(SEARCH_KILL, method=method, candidates=3)
+@pytest.mark.parametrize("method,extra", [
+    ("darts", {}), ("random_ws", {}),
+    # the eigenvalues so far (R-DARTS' rule reads them) travel in the checkpoint
+    ("darts", {"hessian_every": 1, "hessian_batches": 1})], ids=["darts", "random_ws", "hessian"])
+def test_search_killed_and_restarted_is_bit_identical(tmp_path, method, extra):
+    cfg = dict(SEARCH_KILL, method=method, candidates=3, **extra)
     ref = tmp_path / "ref"
     run_search(DIGITS, cfg, ref, device="cpu")
 

@@ -26,11 +26,13 @@ memory_record`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from nas_core import collapse
 from nas_core.alpha_stats import moved_line
 from nas_core.architect import Architect
 from nas_core.checkpoint import atomic_torch_save
@@ -39,6 +41,7 @@ from nas_core.data import DataBundle
 from nas_core.distributed import data_parallel
 from nas_core.fileio import atomic_write_json
 from nas_core.graphs import make_search_step
+from nas_core.hessian import supernet_eigenvalue
 from nas_core.memory import Probe
 from nas_core.model_search import SearchNetwork
 from nas_core.stages.common import SeededDataset, epoch_batches, state_dict_cpu
@@ -46,10 +49,12 @@ from nas_core.stages.driver import Recipe, drive
 from nas_core.stages.loop import EpochStage
 from nas_core.stages.random_cell import run_random_cell
 from nas_core.stages.random_ws import RandomWSRecipe
-from nas_core.stages.runtime import Batch, Runtime, evaluate
+from nas_core.stages.runtime import Batch, Runtime, evaluate, index_batches
 from nas_core.stages.search_common import (OUTPUTS, alphas_document, matrix, search_network,
                                            search_split)
 from nas_core.tasks import Task, get_task
+
+log = logging.getLogger("nas_core.stages.search")
 
 __all__ = ["run_search", "search_probe", "search_split", "alphas_document", "OUTPUTS"]
 
@@ -94,6 +99,8 @@ class _Search(EpochStage):
         self.stateful = {"w_optimizer": w_opt, "arch_optimizer": architect.arch_optimizer}
         self.search_step = None
         self.shares = {"train": 1.0, "val": 1.0}
+        self.eigenvalues: list[float] = []  # R-DARTS' indicator so far (checkpointed)
+        self._hessian_data: list[Batch] | None = None
         if runtime.world.size > 1:
             self.architect.grad_reduce = self._reduce
 
@@ -132,7 +139,38 @@ class _Search(EpochStage):
         genotype = self.model.genotype()
         record["alphas"] = {"normal": matrix(wn), "reduce": matrix(wr)}
         record["genotype"] = genotype.to_dict()
-        return f" genotype {genotype.to_legacy()}"
+        record["collapse"] = diag = collapse.diagnostics(record["alphas"]["normal"],
+                                                         record["alphas"]["reduce"],
+                                                         record["genotype"])
+        eigenvalue = None
+        if self._measures_hessian(record["epoch"]):
+            eigenvalue = diag["hessian_eigenvalue"] = self.eigenvalue()
+            self.eigenvalues.append(eigenvalue)
+        if self.runtime.world.is_main:
+            for line in collapse.warnings(diag, self.eigenvalues if eigenvalue is not None else ()):
+                log.warning("search seed %s epoch %d: %s", self.cfg["seed"],
+                            record["epoch"] + 1, line)
+        return f" genotype {genotype.to_legacy()}{collapse.epoch_note(diag, eigenvalue)}"
+
+    def _measures_hessian(self, epoch: int) -> bool:
+        every = self.cfg["hessian_every"]
+        return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg["epochs"])
+
+    def eigenvalue(self) -> float:
+        """R-DARTS' indicator on the fixed batches of the alpha half (``hessian_batches``)."""
+        if self._hessian_data is None:
+            batches = index_batches(self.a_idx, self.cfg["batch_size"],
+                                    self.cfg["hessian_batches"])
+            self._hessian_data = [self.runtime.batch(x, y) for x, y in
+                                  self.runtime.loader(self.bundle.train_eval, batches)]
+        return supernet_eigenvalue(self.model, self._hessian_data, self.task.loss,
+                                   seed=self.cfg["seed"])
+
+    def state(self) -> dict[str, Any]:
+        return {"eigenvalues": list(self.eigenvalues)}
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.eigenvalues = [float(v) for v in ckpt.get("eigenvalues", ())]
 
 
 class _SearchRecipe(Recipe):
