@@ -239,14 +239,35 @@ def _parse_cell(w: np.ndarray, primitives: Sequence[str], steps: int) -> list[tu
     return gene
 
 
+def _limit_skips(w: np.ndarray, primitives: Sequence[str], steps: int,
+                 max_skip: int) -> list[tuple[str, int]]:
+    """P-DARTS' derivation limit (Chen et al., "Progressive Differentiable Architecture
+    Search", ICCV 2019, section 3.3): while the derived cell keeps more than ``max_skip``
+    ``skip_connect`` operations, the kept skip with the smallest weight is taken out of its
+    edge (its weight set below every other) and the cell is derived again, so that edge's
+    next-best operation, or the node's next-best edge, takes its place."""
+    w = np.array(w, dtype=np.float64)
+    skip = list(primitives).index("skip_connect")
+    starts = [sum(t + 2 for t in range(i)) for i in range(steps)]
+    while True:
+        gene = _parse_cell(w, primitives, steps)
+        kept = [starts[k // 2] + j for k, (op, j) in enumerate(gene) if op == "skip_connect"]
+        if len(kept) <= max_skip:
+            return gene
+        weakest = min(kept, key=lambda row: (w[row][skip], row))
+        w[weakest][skip] = -np.inf
+
+
 def derive_genotype(weights_normal: Any, weights_reduce: Any,
                     primitives: Sequence[str] = PRIMITIVES, steps: int = 4,
-                    multiplier: int = 4) -> Genotype:
+                    multiplier: int = 4, max_skip: int | None = None) -> Genotype:
     """Genotype from softmaxed architecture weights (edges x ops), by the original DARTS rule.
 
     For node i keep the two incoming edges with the largest best non-``none`` weight (stable:
     ties go to the lower input), strongest first; on each, the best non-``none`` op (first
-    maximum wins).  Concat is ``range(2 + steps - multiplier, steps + 2)``.
+    maximum wins).  Concat is ``range(2 + steps - multiplier, steps + 2)``.  ``max_skip``
+    (``genotype.max_skip``; None: DARTS as published): at most that many skip connections in
+    the normal cell, by P-DARTS' rule (:func:`_limit_skips`).
     """
     primitives = tuple(primitives)
     if steps < 1:
@@ -259,7 +280,13 @@ def derive_genotype(weights_normal: Any, weights_reduce: Any,
     wn = _as_matrix("weights_normal", weights_normal, n_edges, len(primitives))
     wr = _as_matrix("weights_reduce", weights_reduce, n_edges, len(primitives))
     concat = tuple(range(2 + steps - multiplier, steps + 2))
-    return Genotype(normal=tuple(_parse_cell(wn, primitives, steps)), normal_concat=concat,
+    if max_skip is not None and "skip_connect" in primitives:
+        if max_skip < 0:
+            raise GenotypeError(f"max_skip must be >= 0, got {max_skip}")
+        normal = _limit_skips(wn, primitives, steps, max_skip)
+    else:
+        normal = _parse_cell(wn, primitives, steps)
+    return Genotype(normal=tuple(normal), normal_concat=concat,
                     reduce=tuple(_parse_cell(wr, primitives, steps)), reduce_concat=concat)
 
 

@@ -137,3 +137,63 @@ def test_the_search_records_the_diagnostics_every_epoch(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if " epoch 2/3 " in r.getMessage()]
     assert len(lines) == 1 and "| normal cell " in lines[0]
     assert "parameter-free" in lines[0] and "| Hessian eigenvalue " in lines[0]
+
+
+def _crafted(skip_weights, second):
+    """Normal-cell weights of 14 edges (4 nodes) where every edge's best op is skip_connect
+    with ``skip_weights[row]`` and its second-best ``second[row]`` (name, weight)."""
+    from nas_core.ops import PRIMITIVES
+    rows = []
+    for row in range(14):
+        w = [0.01] * len(PRIMITIVES)
+        w[PRIMITIVES.index("skip_connect")] = skip_weights[row]
+        name, value = second[row]
+        w[PRIMITIVES.index(name)] = value
+        rows.append(w)
+    return rows
+
+
+def test_max_skip_replaces_the_weakest_skips_by_the_next_best_op():
+    """P-DARTS' limit on crafted alphas: every edge prefers skip; with max_skip 2 the two
+    strongest skips stay, and each other kept skip gives way to its edge's next-best op, or
+    to the node's next-best edge."""
+    from nas_core.genotypes import derive_genotype
+    # rows: node 0 = 0, 1; node 1 = 2..4; node 2 = 5..8; node 3 = 9..13 (inputs 0, 1, ...)
+    skip = [0.50, 0.49, 0.60, 0.30, 0.36, 0.70, 0.26, 0.27, 0.28, 0.40, 0.41, 0.42, 0.43, 0.44]
+    second = [("sep_conv_3x3", 0.25)] * 14
+    second[4] = ("dil_conv_5x5", 0.35)
+    wn = _crafted(skip, second)
+    reduce = [[1 / 8] * 8 for _ in range(14)]
+    plain = derive_genotype(wn, reduce)
+    assert plain.normal == (("skip_connect", 0), ("skip_connect", 1),
+                            ("skip_connect", 0), ("skip_connect", 2),
+                            ("skip_connect", 0), ("skip_connect", 3),
+                            ("skip_connect", 4), ("skip_connect", 3))
+    limited = derive_genotype(wn, reduce, max_skip=2)
+    assert limited.normal == (("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+                              ("skip_connect", 0), ("dil_conv_5x5", 2),
+                              ("skip_connect", 0), ("sep_conv_3x3", 1),
+                              ("sep_conv_3x3", 0), ("sep_conv_3x3", 1))
+    assert limited.reduce == plain.reduce
+    assert derive_genotype(wn, reduce, max_skip=8) == plain
+    assert derive_genotype(wn, reduce, max_skip=0).parameter_free() == 0
+    with pytest.raises(ValueError, match="max_skip must be >= 0"):
+        derive_genotype(wn, reduce, max_skip=-1)
+
+
+def test_run_genotype_applies_max_skip_to_a_darts_search_only(tmp_path):
+    from nas_core.genotypes import derive_genotype
+    from nas_core.stages import run_genotype
+    skip = [0.50, 0.49, 0.60, 0.30, 0.36, 0.70, 0.26, 0.27, 0.28, 0.40, 0.41, 0.42, 0.43, 0.44]
+    wn = _crafted(skip, [("sep_conv_3x3", 0.25)] * 14)
+    reduce = [[1 / 8] * 8 for _ in range(14)]
+    from nas_core.ops import PRIMITIVES
+    doc = {"format": "nas_core.alphas/1", "method": "darts", "primitives": list(PRIMITIVES),
+           "steps": 4, "multiplier": 4, "weights": {"normal": wn, "reduce": reduce}}
+    (tmp_path / "alphas.json").write_text(json.dumps(doc))
+    g = run_genotype(tmp_path / "alphas.json", tmp_path / "g.json", max_skip=2)
+    assert g == derive_genotype(wn, reduce, max_skip=2) != derive_genotype(wn, reduce)
+    doc["method"] = "random"  # a sampled cell is the baseline as drawn
+    (tmp_path / "alphas.json").write_text(json.dumps(doc))
+    g = run_genotype(tmp_path / "alphas.json", tmp_path / "g.json", max_skip=2)
+    assert g == derive_genotype(wn, reduce)

@@ -20,12 +20,16 @@ log = logging.getLogger("nas_core.stages.genotype")
 ALPHAS_FORMAT = "nas_core.alphas/1"
 
 
-def _from_alphas(doc: dict, source: str) -> Genotype:
+def _from_alphas(doc: dict, source: str, max_skip: int | None = None) -> Genotype:
+    if max_skip is not None and doc.get("method", "darts") != "darts":
+        log.info("%s: genotype.max_skip %d not applied: the cell was sampled (search.method "
+                 "%s), not derived", source, max_skip, doc["method"])
+        max_skip = None
     try:
         weights = doc["weights"]
         return derive_genotype(weights["normal"], weights["reduce"],
                                primitives=doc["primitives"], steps=int(doc["steps"]),
-                               multiplier=int(doc["multiplier"]))
+                               multiplier=int(doc["multiplier"]), max_skip=max_skip)
     except (KeyError, TypeError) as exc:
         raise StageError(f"{source}: alphas file lacks {exc}") from None
     except GenotypeError as exc:
@@ -70,12 +74,14 @@ def _from_text(path: Path, text: str) -> Genotype:
         raise StageError(f"{source}: {exc}") from None
 
 
-def load_genotype_source(source: str | Path) -> Genotype:
+def load_genotype_source(source: str | Path, *, max_skip: int | None = None) -> Genotype:
     """A Genotype from ``source``: an existing file (``alphas.json`` of the search stage, a
     genotype JSON, a JSON object with a ``"genotype"`` entry such as ``test.json``, a legacy
     ``train_search.py`` log.txt, or any text holding a legacy ``Genotype(...)``), else a
     published genotype name (:func:`nas_core.genotypes.get_genotype`); a missing file is an
-    error when ``source`` looks like a path (:func:`nas_core.resolve.genotype_source_kind`)."""
+    error when ``source`` looks like a path (:func:`nas_core.resolve.genotype_source_kind`).
+    ``max_skip``: P-DARTS' limit on a DARTS search's derived normal cell
+    (:func:`nas_core.genotypes.derive_genotype`); a cell given as such is kept as it is."""
     path = Path(source)
     if not path.is_file():
         text_source = str(source)
@@ -95,7 +101,7 @@ def load_genotype_source(source: str | Path) -> Genotype:
         doc = None
     if doc is not None:
         if isinstance(doc, dict) and doc.get("format") == ALPHAS_FORMAT:
-            return _from_alphas(doc, str(path))
+            return _from_alphas(doc, str(path), max_skip)
         if isinstance(doc, dict) and "genotype" in doc and "normal" not in doc:
             doc = doc["genotype"]
         try:
@@ -117,10 +123,18 @@ def load_genotype_file(path: str | Path) -> Genotype:
         raise StageError(msg if str(path) in msg else f"{path}: {msg}") from None
 
 
-def run_genotype(source: str | Path, output: str | Path) -> Genotype:
+def run_genotype(source: str | Path, output: str | Path, *,
+                 max_skip: int | None = None) -> Genotype:
     """Write ``output`` (canonical JSON of the genotype, atomically) from ``source`` (see
-    :func:`load_genotype_source`); returns the genotype."""
-    genotype = load_genotype_source(source)
+    :func:`load_genotype_source`; ``max_skip``: ``genotype.max_skip``); returns the
+    genotype."""
+    genotype = load_genotype_source(source, max_skip=max_skip)
+    if max_skip is not None:
+        plain = load_genotype_source(source)
+        changed = sum(a != b for a, b in zip(plain.normal, genotype.normal))
+        log.info("genotype.max_skip %d: %d skip connections in the derived normal cell, %d "
+                 "of its operations changed by the limit", max_skip,
+                 sum(op == "skip_connect" for op, _ in plain.normal), changed)
     atomic_write_text(output, genotype.to_json())
     log.info("genotype from %s: %s -> %s", source, genotype.to_legacy(), output)
     return genotype
