@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,12 +44,22 @@ class CliError(ValueError):
 
 
 # -- config assembly ----------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """YAML as the safe loader reads it, but ``1e-4`` is a number (YAML 1.2), not the text
+    PyYAML's YAML 1.1 rules make of it (they want ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 def _load_yaml(path: str | None) -> dict:
     if path is None:
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+            doc = yaml.load(f, Loader=_Loader)
     except OSError as exc:
         raise CliError(f"config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -78,7 +89,7 @@ def _parse_set(items: Sequence[str], default_stage: str | None) -> dict[str, dic
             raise CliError(f"--set {item!r}: the key must start with data., "
                            f"{', '.join(b + '.' for b in STAGES)}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = yaml.load(text, Loader=_Loader) if text.strip() else None
         except yaml.YAMLError:
             value = text
         out.setdefault(block, {})[name] = value

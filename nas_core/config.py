@@ -188,6 +188,21 @@ SPECS: dict[str, dict[str, Key]] = {
         "hessian_batches": Key(2, "int", "batches of the alpha half (the first, in index "
                                          "order: the same every time) that the eigenvalue is "
                                          "measured on", minimum=1),
+        "early_stop_skips": Key(None, "int", "DARTS+ (Liang et al. 2019) early stop: end "
+                                             "the search after the first epoch whose derived "
+                                             "normal cell holds at least this many skip "
+                                             "connections (the paper: 2); its cell is the "
+                                             "result; null = off", minimum=1, nullable=True),
+        "early_stop_stable": Key(None, "int", "DARTS+ early stop: end the search once the "
+                                              "derived cells have not changed for this many "
+                                              "epochs (the paper: 10); null = off", minimum=1,
+                                 nullable=True),
+        "early_stop_hessian": Key(False, "bool", "R-DARTS (Zela et al. 2020, DARTS-ES) early "
+                                                 "stop: end the search when the local mean of "
+                                                 "the Hessian's dominant eigenvalue grew past "
+                                                 "1/0.75 of its value 5 measurements before, "
+                                                 "and keep the alphas of that measurement "
+                                                 "(needs hessian_every)"),
         "max_steps_per_epoch": _MAX_STEPS,
         "checkpoint_every_steps": _CKPT_EVERY,
         "amp": _AMP,
@@ -443,6 +458,9 @@ def validate_stage_cfg(stage: str, cfg: Mapping[str, Any] | None) -> dict[str, A
         if out["multiplier"] > out["steps"]:
             raise ConfigError(f"search.multiplier: {out['multiplier']} is larger than "
                               f"search.steps {out['steps']}")
+        if out["early_stop_hessian"] and not out["hessian_every"]:
+            raise ConfigError("search.early_stop_hessian: needs search.hessian_every > 0 (the "
+                              "eigenvalue it watches)")
         if out["method"] == "random_ws" and out["partial_channels"] > 1:
             raise ConfigError(f"search.partial_channels: {out['partial_channels']} is not for "
                               f"search.method random_ws (single paths of the plain supernet; "

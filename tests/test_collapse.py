@@ -197,3 +197,65 @@ def test_run_genotype_applies_max_skip_to_a_darts_search_only(tmp_path):
     (tmp_path / "alphas.json").write_text(json.dumps(doc))
     g = run_genotype(tmp_path / "alphas.json", tmp_path / "g.json", max_skip=2)
     assert g == derive_genotype(wn, reduce)
+
+
+# -- early stop ---------------------------------------------------------------------------
+def _genotype(normal_ops, reduce_ops=("sep_conv_3x3",) * 8):
+    return {"normal": [[op, 0] for op in normal_ops], "reduce": [[op, 0] for op in reduce_ops]}
+
+
+def test_early_stop_rules():
+    from nas_core.early_stop import EarlyStop
+    off = EarlyStop({"early_stop_skips": None, "early_stop_stable": None,
+                     "early_stop_hessian": False})
+    assert not off.active and off.update(0, _genotype(["skip_connect"] * 8)) is None
+
+    skips = EarlyStop({"early_stop_skips": 2})
+    assert skips.update(0, _genotype(["skip_connect"] + ["sep_conv_3x3"] * 7)) is None
+    d = skips.update(1, _genotype(["skip_connect"] * 2 + ["sep_conv_3x3"] * 6))
+    assert d["epoch"] == d["keep"] == 1 and "2 skip connections" in d["reason"]
+    assert skips.update(2, _genotype(["sep_conv_3x3"] * 8)) is d  # stopped stays stopped
+
+    stable = EarlyStop({"early_stop_stable": 2})
+    cells = [_genotype(["sep_conv_3x3"] * 8), _genotype(["dil_conv_3x3"] * 8)]
+    assert [stable.update(e, cells[c]) for e, c in enumerate([0, 1, 1])] == [None] * 3
+    restored = EarlyStop({"early_stop_stable": 2})
+    restored.load(json.loads(json.dumps(stable.state())))  # plain values, as checkpoints
+    assert restored.update(3, cells[1])["reason"].endswith("not changed for 2 epochs "
+                                                           "(early_stop_stable 2)")
+
+    hessian = EarlyStop({"early_stop_hessian": True})
+    eig = []
+    for e, v in enumerate([1.0] * 5 + [1.2] * 4 + [2.0]):
+        eig.append((e * 3, v))  # measured every 3rd epoch
+        d = hessian.update(e * 3, cells[e % 2], eig, measured=True)
+        assert (d is None) == (e < 9)
+    # means 1.0 (measurements 0..4) and 1.36 (5..9): ratio 0.735 < 0.75; keep measurement 4
+    assert d["epoch"] == 27 and d["keep"] == 12 and "grew 1.36x" in d["reason"]
+
+
+def test_a_stopped_search_ends_early_and_a_resumed_one_stops_alike(tmp_path):
+    """early_stop_stable 1 with still alphas (arch_lr 1e-9): the cells do not change, so the
+    search ends after its second epoch of four, says why, and records it; killed in its
+    second epoch and resumed it stops at the same epoch with the same bytes."""
+    from test_stages import _assert_killed, _assert_ok, _cli, _sets
+    cfg = {"epochs": 4, "layers": 3, "init_channels": 4, "steps": 2, "multiplier": 2,
+           "batch_size": 16, "max_steps_per_epoch": 3, "num_workers": 0,
+           "checkpoint_every_steps": 0, "arch_lr": 1e-9, "early_stop_stable": 1}
+    ref = tmp_path / "ref"
+    result = run_search({"name": "digits"}, cfg, ref, device="cpu")
+    history = json.loads((ref / "history.json").read_text())
+    assert len(history["epochs"]) == 2
+    assert history["early_stop"]["epoch"] == history["early_stop"]["keep"] == 1
+    assert json.loads((ref / "alphas.json").read_text())["epochs"] == 2
+    assert result["genotype"] == history["epochs"][-1]["genotype"]
+
+    out = tmp_path / "killed"
+    args = ["search", "--dataset", "digits", *_sets("search", cfg), "--out", str(out),
+            "--device", "cpu"]
+    _assert_killed(_cli(args, kill_at=5))  # epoch 1, step 2: after epoch 0's checkpoint
+    proc = _cli(args)
+    _assert_ok(proc)
+    assert "stopped early after epoch 2" in proc.stderr
+    for name in ("alphas.json", "history.json", "supernet.pt"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name

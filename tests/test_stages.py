@@ -508,3 +508,13 @@ def test_cli_genotype(tmp_path, capsys):
     assert cli_main(["genotype", "DARTS_V2", "--out", str(out)]) == 0
     assert Genotype.load(out) == get_genotype("DARTS_V2")
     assert json.loads(capsys.readouterr().out)["output"] == str(out)
+
+
+def test_set_reads_exponent_floats_as_numbers(tmp_path):
+    """PyYAML's YAML 1.1 rules read ``1e-4`` as text; --set and --config read it as the
+    number a user means (YAML 1.2)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("datasets:\n  digits:\n    data: {name: digits}\n    search: {arch_lr: 3e-4}\n")
+    _, blocks = resolve_config(str(cfg), "digits", ["search.lr=1e-2", "train.lr=2.5E-2"])
+    assert blocks["search"]["arch_lr"] == 3e-4 and blocks["search"]["lr"] == 0.01
+    assert blocks["train"]["lr"] == 0.025

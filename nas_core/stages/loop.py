@@ -174,6 +174,11 @@ class EpochStage:
         epoch's log line."""
         raise NotImplementedError
 
+    def stopped(self) -> bool:
+        """Whether the stage ended its epochs early (after :meth:`end_epoch`; also right after
+        a restore, so a resumed run that had stopped runs no further epoch)."""
+        return False
+
     def state(self) -> dict[str, Any]:
         """Plain values the stage keeps in checkpoints besides the loop's."""
         return {}
@@ -249,6 +254,8 @@ class EpochLoop:
                       self.runtime.describe())
         run_seconds: list[float] = []  # epochs of this run (the ETA's basis)
         for epoch in range(start_epoch, self.epochs):
+            if stage.stopped():
+                break
             timer = Timer(partial_seconds if epoch == start_epoch else 0.0)
             streams = stage.schedule(epoch)
             n_steps = len(streams[0])
@@ -300,6 +307,6 @@ class EpochLoop:
             save(epoch + 1, 0, 0.0)
         if metrics is not None:
             metrics.close()
-        self.log.info("%s%s: %d epochs done in %s", self.name, where, self.epochs,
+        self.log.info("%s%s: %d epochs done in %s", self.name, where, len(result.history),
                       format_duration(result.total_seconds()))
         return result

@@ -33,12 +33,14 @@ from typing import Any, Sequence
 import torch
 
 from nas_core import collapse
+from nas_core.collapse import RDARTS_K
 from nas_core.alpha_stats import moved_line
 from nas_core.architect import Architect
 from nas_core.checkpoint import atomic_torch_save
 from nas_core.config import ConfigError, validate_stage_cfg
 from nas_core.data import DataBundle
 from nas_core.distributed import data_parallel
+from nas_core.early_stop import EarlyStop
 from nas_core.fileio import atomic_write_json
 from nas_core.graphs import make_search_step
 from nas_core.hessian import supernet_eigenvalue
@@ -99,8 +101,12 @@ class _Search(EpochStage):
         self.stateful = {"w_optimizer": w_opt, "arch_optimizer": architect.arch_optimizer}
         self.search_step = None
         self.shares = {"train": 1.0, "val": 1.0}
-        self.eigenvalues: list[float] = []  # R-DARTS' indicator so far (checkpointed)
+        #: R-DARTS' indicator so far, ``[epoch, value]`` (checkpointed)
+        self.eigenvalues: list[list] = []
         self._hessian_data: list[Batch] | None = None
+        self.stopper = EarlyStop(cfg)
+        #: the alphas at the last measurements, for R-DARTS' early stop (checkpointed)
+        self.snapshots: dict[int, list[torch.Tensor]] = {}
         if runtime.world.size > 1:
             self.architect.grad_reduce = self._reduce
 
@@ -142,15 +148,39 @@ class _Search(EpochStage):
         record["collapse"] = diag = collapse.diagnostics(record["alphas"]["normal"],
                                                          record["alphas"]["reduce"],
                                                          record["genotype"])
-        eigenvalue = None
-        if self._measures_hessian(record["epoch"]):
+        epoch, eigenvalue = record["epoch"], None
+        if self._measures_hessian(epoch):
             eigenvalue = diag["hessian_eigenvalue"] = self.eigenvalue()
-            self.eigenvalues.append(eigenvalue)
+            self.eigenvalues.append([epoch, eigenvalue])
+            if self.stopper.hessian:
+                self.snapshots[epoch] = [p.detach().cpu().clone()
+                                         for p in self.model.arch_parameters()]
+                for old in sorted(self.snapshots)[:-(RDARTS_K + 1)]:
+                    del self.snapshots[old]
+        values = [v for _, v in self.eigenvalues] if eigenvalue is not None else ()
+        decision = self.stopper.update(epoch, record["genotype"], self.eigenvalues,
+                                       measured=eigenvalue is not None)
         if self.runtime.world.is_main:
-            for line in collapse.warnings(diag, self.eigenvalues if eigenvalue is not None else ()):
-                log.warning("search seed %s epoch %d: %s", self.cfg["seed"],
-                            record["epoch"] + 1, line)
+            for line in collapse.warnings(diag, values):
+                log.warning("search seed %s epoch %d: %s", self.cfg["seed"], epoch + 1, line)
+            if decision is not None:
+                log.warning("search seed %s: early stop after epoch %d of %d: %s",
+                            self.cfg["seed"], epoch + 1, self.cfg["epochs"],
+                            decision["reason"])
         return f" genotype {genotype.to_legacy()}{collapse.epoch_note(diag, eigenvalue)}"
+
+    def stopped(self) -> bool:
+        return self.stopper.decision is not None
+
+    def keep_stopping_alphas(self) -> None:
+        """After an early stop that keeps an earlier epoch's alphas (R-DARTS), put them back
+        into the supernet, so its files and genotype are that epoch's."""
+        decision = self.stopper.decision
+        if decision is None or decision["keep"] == decision["epoch"]:
+            return
+        with torch.no_grad():
+            for p, saved in zip(self.model.arch_parameters(), self.snapshots[decision["keep"]]):
+                p.copy_(saved.to(p.device))
 
     def _measures_hessian(self, epoch: int) -> bool:
         every = self.cfg["hessian_every"]
@@ -167,10 +197,14 @@ class _Search(EpochStage):
                                    seed=self.cfg["seed"])
 
     def state(self) -> dict[str, Any]:
-        return {"eigenvalues": list(self.eigenvalues)}
+        return {"eigenvalues": [list(e) for e in self.eigenvalues],
+                "early_stop": self.stopper.state(),
+                "alpha_snapshots": [[k, v] for k, v in sorted(self.snapshots.items())]}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
-        self.eigenvalues = [float(v) for v in ckpt.get("eigenvalues", ())]
+        self.eigenvalues = [[int(e), float(v)] for e, v in ckpt.get("eigenvalues", ())]
+        self.stopper.load(ckpt.get("early_stop"))
+        self.snapshots = {int(k): v for k, v in ckpt.get("alpha_snapshots", ())}
 
 
 class _SearchRecipe(Recipe):
@@ -202,19 +236,24 @@ class _SearchRecipe(Recipe):
                 f"{runtime.describe()}")
 
     def finish(self, stage: _Search, model: SearchNetwork) -> dict[str, Any]:
+        stage.keep_stopping_alphas()
+        self.stop = stage.stopper.decision
         self.genotype = model.genotype()
         self.moved = moved_line(*model.arch_weights())
         return {"genotype": self.genotype.to_dict()}
 
     def history(self, stage: _Search, outcome) -> dict[str, Any]:
-        return {"method": "darts"}
+        return {"method": "darts", **({"early_stop": self.stop} if self.stop else {})}
 
     def write(self, paths, stage: _Search, model: SearchNetwork, outcome) -> None:
         atomic_torch_save(state_dict_cpu(model), paths["supernet.pt"])
-        atomic_write_json(paths["alphas.json"], alphas_document(model, stage.cfg["epochs"]))
+        epochs = self.stop["epoch"] + 1 if self.stop else stage.cfg["epochs"]
+        atomic_write_json(paths["alphas.json"], alphas_document(model, epochs))
 
     def done(self, paths, outcome) -> str:
-        return f"search done: {self.genotype.to_legacy()}; {self.moved}"
+        stop = (f" (stopped early after epoch {self.stop['epoch'] + 1}: {self.stop['reason']})"
+                if self.stop else "")
+        return f"search done{stop}: {self.genotype.to_legacy()}; {self.moved}"
 
 
 def run_search(data: dict, cfg: dict, out_dir: str | Path, *, data_root: str | Path = "resources",
