@@ -60,6 +60,12 @@ class Key:
     :func:`nas_core.sizes.parse_bytes`), or ``int_list`` (a non-empty list of distinct
     integers, each within ``minimum`` / ``maximum``).  ``minimum`` / ``maximum`` are inclusive unless
     ``exclusive_minimum`` / ``exclusive_maximum``; ``nullable`` allows ``null``.
+
+    ``neutral``: the value at which the key changes no result, i.e. what nas_core computed
+    before the key existed (unset: none; ``has_neutral=True`` makes ``None`` one).  A key at its neutral value is left out
+    of checkpoint fingerprints and, when the neutral value is also the default, of the
+    workflow's params (:mod:`nas_core.identity`): adding a key with a neutral default makes no
+    earlier output or checkpoint stale.
     """
 
     default: Any
@@ -73,6 +79,18 @@ class Key:
     nullable: bool = False
     #: accepted spellings mapped to a canonical value, e.g. YAML's ``off`` (read as false)
     aliases: tuple = ()
+    neutral: Any = None
+    #: whether ``neutral`` is set (None can be a neutral value)
+    has_neutral: bool = False
+
+    def __post_init__(self) -> None:
+        if self.neutral is not None and not self.has_neutral:
+            object.__setattr__(self, "has_neutral", True)
+
+    def at_neutral(self, value: Any) -> bool:
+        """Whether ``value`` is this key's neutral value (same type, same value)."""
+        return (self.has_neutral and value == self.neutral
+                and type(value) is type(self.neutral))
 
 
 # -- shared key declarations ----------------------------------------------------------------
@@ -136,11 +154,11 @@ SPECS: dict[str, dict[str, Key]] = {
                       "with weight sharing, Li & Talwalkar 2019: the supernet trained on "
                       "uniformly sampled single paths, then the best of `candidates` sampled "
                       "cells by supernet validation loss)",
-                      choices=("darts", "random", "random_ws")),
+                      choices=("darts", "random", "random_ws"), neutral="darts"),
         "candidates": Key(16, "int", "random_ws: cells sampled after the supernet's training "
                                      "and ranked by their loss on the alpha half (the "
                                      "search's validation set; at most max_steps_per_epoch "
-                                     "batches each)", minimum=1),
+                                     "batches each)", minimum=1, neutral=16),
         "epochs": Key(50, "int", "search epochs", minimum=1),
         "batch_size": _batch_key(64, "batch size (weights half and alphas half alike)"),
         "layers": Key(8, "int", "cells of the supernet (reduction cells at layers//3 and "
