@@ -21,6 +21,7 @@ rule download:
         data=data_cfg,
         root=data_root,
         content=local_data_content,
+        results=results_version("download"),
     script:
         "../scripts/download.py"
 

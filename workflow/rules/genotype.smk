@@ -19,7 +19,7 @@ rule genotype:
         "../envs/nas.yaml"
     params:
         source=genotype_param,
-        nas_core=NAS_CORE_VERSION,
+        results=results_version("genotype"),
     script:
         "../scripts/genotype.py"
 
@@ -39,6 +39,6 @@ rule seed_genotype:
         "../envs/nas.yaml"
     params:
         source=lambda wildcards, input: input[0],
-        nas_core=NAS_CORE_VERSION,
+        results=results_version("seed_genotype"),
     script:
         "../scripts/genotype.py"
