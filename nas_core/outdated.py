@@ -12,13 +12,14 @@ compute rules rerun), and ``python -m nas_core status`` lists them.  Snakemake i
 the outputs through the rules' ``results`` param; an output Snakemake holds no record of (a
 results folder copied without ``.snakemake/``) is named with the ``--forcerun`` that reruns it.
 
-``genotype.json`` holds the cell alone (its format is the genotype's); a change of the
-genotype version shows in the dry run as Snakemake's params reason of the genotype rules.
-Torch-free.
+``genotype.json`` holds the cell alone (its format is the genotype's): the versions that made
+it are read from Snakemake's record of the file instead (``.snakemake/metadata/``: the rule's
+``results`` param), when there is one.  Torch-free.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -69,6 +70,12 @@ def outputs(datasets: Mapping[str, Any], *, results: str | Path = "results",
             out.append(("search", str(folder), folder / "history.json"))
         if len(seeds) > 1:
             for seed in seeds:
+                geno = base / "search" / f"seed{seed}" / "genotype.json"
+                out.append(("seed_genotype", str(geno), geno))
+        else:
+            out.append(("genotype", str(base / "genotype.json"), base / "genotype.json"))
+        if len(seeds) > 1:
+            for seed in seeds:
                 folder = base / "select" / f"seed{seed}"
                 out.append(("select_train", str(folder), folder / "history.json"))
             out.append(("select", str(base / "selection.json"), base / "selection.json"))
@@ -88,13 +95,13 @@ def recorded_version(path: str | Path) -> tuple[bool, Any]:
     return True, doc.get("results_version") if isinstance(doc, dict) else None
 
 
-def _snakemake_knows(path: Path, snakemake_dir: Path) -> bool:
-    """Whether Snakemake's file-based metadata (``.snakemake/metadata/``) has a record of
-    ``path`` (True when Snakemake keeps its records in a database instead)."""
+#: outputs whose format has no room for the versions: read from Snakemake's record
+FROM_SNAKEMAKE = ("genotype", "seed_genotype")
+
+
+def _record_file(path: Path, snakemake_dir: Path) -> Path:
+    """Where Snakemake's file-based metadata keeps its record of ``path``."""
     metadata = snakemake_dir / "metadata"
-    if not metadata.is_dir():
-        return snakemake_dir.is_dir() and any(
-            p.suffix in (".db", ".sqlite", ".sqlite3") for p in snakemake_dir.iterdir())
     b64 = base64.urlsafe_b64encode(str(path).encode()).decode()
     try:
         max_len = os.pathconf(metadata, "PC_NAME_MAX") or 255
@@ -102,7 +109,38 @@ def _snakemake_knows(path: Path, snakemake_dir: Path) -> bool:
         max_len = 255
     parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
     parts = ["@" + s for s in parts[:-1]] + [parts[-1]]
-    return metadata.joinpath(*parts).is_file()
+    return metadata.joinpath(*parts)
+
+
+def _snakemake_knows(path: Path, snakemake_dir: Path) -> bool:
+    """Whether Snakemake's file-based metadata (``.snakemake/metadata/``) has a record of
+    ``path`` (True when Snakemake keeps its records in a database instead)."""
+    if not (snakemake_dir / "metadata").is_dir():
+        return snakemake_dir.is_dir() and any(
+            p.suffix in (".db", ".sqlite", ".sqlite3") for p in snakemake_dir.iterdir())
+    return _record_file(path, snakemake_dir).is_file()
+
+
+def snakemake_version(path: Path, snakemake_dir: Path, rule: str) -> tuple[bool, Any]:
+    """``(found, results_version or None)`` from Snakemake's record of ``path``: the rule's
+    ``results`` param among the recorded params (None: a record without one, i.e. made by
+    a nas_core before results versions)."""
+    try:
+        with open(_record_file(path, snakemake_dir), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(record, dict) or (record.get("record_format_version") or 0) < 6:
+        return False, None
+    names = set(versions.RULES.get(rule, ()))
+    for text in record.get("params") or []:
+        try:
+            value = ast.literal_eval(text) if isinstance(text, str) else None
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, dict) and set(value) == names:
+            return True, value
+    return True, None
 
 
 def outdated(datasets: Mapping[str, Any], *, results: str | Path = "results",
@@ -116,7 +154,12 @@ def outdated(datasets: Mapping[str, Any], *, results: str | Path = "results",
     for rule, output, record in outputs(datasets, results=results, resources=resources):
         if not record.is_file():
             continue
-        readable, recorded = recorded_version(record)
+        if rule in FROM_SNAKEMAKE:
+            if snakemake_dir is None:
+                continue
+            readable, recorded = snakemake_version(record, Path(snakemake_dir), rule)
+        else:
+            readable, recorded = recorded_version(record)
         if not readable:
             continue  # Snakemake decides about a torn or foreign file; nothing to say here
         diff = versions.differences(recorded, rule)

@@ -191,6 +191,26 @@ def test_an_output_snakemake_has_no_record_of_is_named_with_its_forcerun(finishe
         "stale, but Snakemake holds no record of it: rerun with --forcerun test")
 
 
+def test_a_genotype_is_judged_by_snakemake_s_record_of_its_params(finished):
+    """genotype.json holds the cell alone: the versions come from the rule's recorded params."""
+    geno = Path("results/digits/genotype.json")
+    _write(geno, {"normal": []})
+    record = Path(".snakemake/metadata") / base64.urlsafe_b64encode(str(geno).encode()).decode()
+    now = versions.GENOTYPE
+    _write(record, {"record_format_version": 6,
+                    "params": ["'results/digits/search/seed2/alphas.json'",
+                               repr({"genotype": now})]})
+    assert outdated.outdated(finished, snakemake_dir=".snakemake") == []
+    _write(record, {"record_format_version": 6, "params": ["'x'", repr({"genotype": now - 1})]})
+    assert outdated.lines(outdated.outdated(finished, snakemake_dir=".snakemake")) == [
+        f"results/digits/genotype.json: made by genotype v{now - 1}, this nas_core computes "
+        f"genotype v{now}: will rerun"]
+    _write(record, {"record_format_version": 6, "params": ["'x'", "'3f2a9c0d1b7e4a55'"]})
+    (stale,) = outdated.outdated(finished, snakemake_dir=".snakemake")
+    assert stale.made.startswith("a nas_core that recorded no results version")
+    assert outdated.outdated(finished) == []  # without Snakemake's records: nothing to say
+
+
 def test_status_command_lists_the_stale_outputs(finished, monkeypatch, capsys):
     from nas_core.cli import main
 
