@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from nas_core import __version__
+from nas_core import __version__, versions
 from nas_core.fileio import dumps_json
 from nas_core.config import SEARCH_DEFAULTS, STAGES, ConfigError, describe
 from nas_core.data import download_data
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m nas_core", description=__doc__.split("\n\n")[0], formatter_class=fmt)
-    parser.add_argument("--version", action="version", version=f"nas_core {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"nas_core {__version__} (results: {versions.describe()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("download", help="fetch a dataset's files into --data-root",

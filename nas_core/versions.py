@@ -104,10 +104,10 @@ def for_stage(stage: str) -> dict[str, int]:
     return of(STAGE_RULES.get(stage, stage))
 
 
-def describe(versions: Mapping[str, int] | None) -> str:
-    """``"data v1, search v2"``; ``"no version"`` for None."""
-    if not versions:
-        return "no version"
+def describe(versions: Mapping[str, int] | None = None) -> str:
+    """``"data v1, search v2"``; every version of this nas_core when ``versions`` is None."""
+    if versions is None:
+        versions = _current()
     return ", ".join(f"{name} v{value}" for name, value in versions.items())
 
 
@@ -122,6 +122,7 @@ def differences(recorded: Mapping[str, int] | None, rule: str) -> tuple[str, str
     changed += [name for name in recorded if name not in now]
     if not changed:
         return None
-    made = {n: recorded[n] for n in changed if n in recorded}
-    new = {n: now[n] for n in changed if n in now}
-    return describe(made), describe(new)
+    made = ", ".join(f"{n} v{recorded[n]}" if n in recorded else f"no {n} version"
+                     for n in changed)
+    new = ", ".join(f"{n} v{now[n]}" if n in now else f"no {n} version" for n in changed)
+    return made, new

@@ -76,6 +76,7 @@ def test_versions_of_each_rule():
     with pytest.raises(KeyError, match="known"):
         versions.of("report_train")
     assert versions.describe({"data": 1, "search": 4}) == "data v1, search v4"
+    assert versions.describe().startswith(f"data v{versions.DATA}, search v{versions.SEARCH}, ")
 
 
 def test_differences_name_only_what_changed(monkeypatch):
