@@ -171,8 +171,11 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: str, *,
         _move_aside(path, f"{type(exc).__name__}: {reason}")
         return None
     if state.get("format") != CHECKPOINT_FORMAT or state["fingerprint"] != fingerprint:
-        log.warning("ignoring checkpoint %s (configuration changed: fingerprint %s, expected "
-                    "%s); starting fresh", path, str(state.get("fingerprint"))[:12],
-                    fingerprint[:12])
+        made = state.get("results_version")
+        log.warning("ignoring checkpoint %s (configuration changed or another results "
+                    "version: fingerprint %s, expected %s; written by %s); starting fresh", path,
+                    str(state.get("fingerprint"))[:12], fingerprint[:12],
+                    ", ".join(f"{k} v{v}" for k, v in made.items())
+                    if isinstance(made, dict) else "a nas_core without results versions")
         return None
     return state

@@ -1,4 +1,5 @@
-"""Command line: ``python -m nas_core {download,search,genotype,train,test,memory,predict,export}``.
+"""Command line: ``python -m nas_core COMMAND`` (download, search, genotype, train, test, memory,
+predict, export, status).
 
 The options mirror the workflow's config (config/config.yaml): ``--config FILE --dataset NAME``
 takes the dataset's block (``datasets: {NAME: {data:, search:, train:, test:}}``) over the
@@ -8,7 +9,8 @@ file's top-level shared ``search:`` / ``train:`` / ``test:`` blocks and the buil
 ``results/NAME/``.  ``predict`` and ``export`` take a results folder (``results/NAME``) and use
 the trained model there (:mod:`nas_core.inference`, :mod:`nas_core.export`).  ``memory STAGE``
 prints a stage's expected peak memory per device without running it
-(:mod:`nas_core.stages.estimate`).
+(:mod:`nas_core.stages.estimate`).  ``status`` lists the workflow's outputs that another results
+version made (:mod:`nas_core.outdated`): what the next run recomputes after an upgrade.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from nas_core import __version__
+from nas_core import __version__, versions
 from nas_core.fileio import dumps_json
 from nas_core.config import SEARCH_DEFAULTS, STAGES, ConfigError, describe
 from nas_core.data import download_data
@@ -36,7 +38,8 @@ from nas_core.stages.estimate import estimate_stage, format_estimate
 
 __all__ = ["main", "build_parser", "resolve_config", "CliError", "COMMANDS"]
 
-COMMANDS = ("download", "search", "genotype", "train", "test", "memory", "predict", "export")
+COMMANDS = ("download", "search", "genotype", "train", "test", "memory", "predict", "export",
+            "status")
 
 
 class CliError(ValueError):
@@ -186,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m nas_core", description=__doc__.split("\n\n")[0], formatter_class=fmt)
-    parser.add_argument("--version", action="version", version=f"nas_core {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"nas_core {__version__} (results: {versions.describe()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("download", help="fetch a dataset's files into --data-root",
@@ -217,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", default=None,
                    help="output file (default: results/NAME/genotype.json, or genotype.json "
                         "without --dataset)")
+    p.add_argument("--max-skip", metavar="M", type=int, default=None,
+                   help="at most M skip connections in a DARTS search's normal cell "
+                        "(P-DARTS' limit, the config's genotype.max_skip; default: none)")
     p.add_argument("--log", metavar="FILE", default=None,
                    help="also write the log to FILE (default: stderr only)")
 
@@ -304,7 +311,59 @@ def build_parser() -> argparse.ArgumentParser:
                         "model.pt2 or model.onnx)")
     p.add_argument("--log", metavar="FILE", default=None,
                    help="also write the log to FILE (default: stderr only)")
+
+    p = sub.add_parser("status", help="the workflow's outputs made by another results version",
+                       description="List every existing output of the workflow's datasets "
+                                   "that another results version of nas_core made (or an "
+                                   "earlier nas_core that recorded none), one line each: "
+                                   "what the next run recomputes.  Nothing printed: every "
+                                   "output is this nas_core's.  The config is the workflow's: "
+                                   "config/config.yaml (when present), then each --config "
+                                   "file over it, as snakemake --configfile does.",
+                       formatter_class=fmt)
+    p.add_argument("--config", metavar="FILE", action="append", default=[],
+                   help="a config file over config/config.yaml (repeatable; default: none)")
+    p.add_argument("--results", metavar="DIR", default="results",
+                   help="results folder (default: results)")
+    p.add_argument("--resources", metavar="DIR", default="resources",
+                   help="folder of download.json (default: resources)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--log", metavar="FILE", default=None,
+                   help="also write the log to FILE (default: stderr only)")
     return parser
+
+
+# -- status ---------------------------------------------------------------------------------------
+def _deep_update(base: dict, over: dict) -> dict:
+    """``over`` into ``base`` key by key, nested mappings merged (Snakemake's --configfile)."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _status(args: argparse.Namespace) -> Any:
+    from nas_core import outdated
+    from nas_core.pipeline import resolve_datasets
+
+    default = Path("config") / "config.yaml"
+    doc: dict = _load_yaml(str(default)) if default.is_file() else {}
+    for path in args.config:
+        _deep_update(doc, _load_yaml(path))
+    doc.setdefault("datasets", {})
+    doc.setdefault("targets", [])
+    try:
+        datasets = resolve_datasets(doc)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    stale = outdated.outdated(datasets, results=args.results, resources=args.resources,
+                              snakemake_dir=".snakemake")
+    if args.json:
+        return [{"rule": s.rule, "output": s.output, "made_by": s.made, "now": s.now,
+                 "tracked": s.tracked, "line": s.line()} for s in stale]
+    return "".join(line + "\n" for line in outdated.lines(stale))
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -320,13 +379,16 @@ def _run(args: argparse.Namespace) -> Any:
         rows = predict_files(load_model(args.results, device=args.device), args.files,
                              var=args.var)
         return rows if args.json else format_rows(rows)
+    if cmd == "status":
+        return _status(args)
     if cmd == "genotype":
         base = Path("results") / args.dataset if args.dataset else None
         source = args.source or (_searched_alphas(base) if base else None)
         if source is None:
             raise CliError("give SOURCE (alphas.json, a genotype name or file) or --dataset")
         out = args.out or (base / "genotype.json" if base else Path("genotype.json"))
-        return {"genotype": run_genotype(source, out).to_dict(), "output": str(out)}
+        genotype = run_genotype(source, out, max_skip=args.max_skip)
+        return {"genotype": genotype.to_dict(), "output": str(out)}
 
     block = args.stage if cmd == "memory" else None if cmd == "download" else cmd
     name, ds = _resolve(args.config, args.dataset, args.sets, block, validate=False)

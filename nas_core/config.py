@@ -60,6 +60,12 @@ class Key:
     :func:`nas_core.sizes.parse_bytes`), or ``int_list`` (a non-empty list of distinct
     integers, each within ``minimum`` / ``maximum``).  ``minimum`` / ``maximum`` are inclusive unless
     ``exclusive_minimum`` / ``exclusive_maximum``; ``nullable`` allows ``null``.
+
+    ``neutral``: the value at which the key changes no result, i.e. what nas_core computed
+    before the key existed (unset: none; ``has_neutral=True`` makes ``None`` one).  A key at its neutral value is left out
+    of checkpoint fingerprints and, when the neutral value is also the default, of the
+    workflow's params (:mod:`nas_core.identity`): adding a key with a neutral default makes no
+    earlier output or checkpoint stale.
     """
 
     default: Any
@@ -73,6 +79,18 @@ class Key:
     nullable: bool = False
     #: accepted spellings mapped to a canonical value, e.g. YAML's ``off`` (read as false)
     aliases: tuple = ()
+    neutral: Any = None
+    #: whether ``neutral`` is set (None can be a neutral value)
+    has_neutral: bool = False
+
+    def __post_init__(self) -> None:
+        if self.neutral is not None and not self.has_neutral:
+            object.__setattr__(self, "has_neutral", True)
+
+    def at_neutral(self, value: Any) -> bool:
+        """Whether ``value`` is this key's neutral value (same type, same value)."""
+        return (self.has_neutral and value == self.neutral
+                and type(value) is type(self.neutral))
 
 
 # -- shared key declarations ----------------------------------------------------------------
@@ -136,11 +154,11 @@ SPECS: dict[str, dict[str, Key]] = {
                       "with weight sharing, Li & Talwalkar 2019: the supernet trained on "
                       "uniformly sampled single paths, then the best of `candidates` sampled "
                       "cells by supernet validation loss)",
-                      choices=("darts", "random", "random_ws")),
+                      choices=("darts", "random", "random_ws"), neutral="darts"),
         "candidates": Key(16, "int", "random_ws: cells sampled after the supernet's training "
                                      "and ranked by their loss on the alpha half (the "
                                      "search's validation set; at most max_steps_per_epoch "
-                                     "batches each)", minimum=1),
+                                     "batches each)", minimum=1, neutral=16),
         "epochs": Key(50, "int", "search epochs", minimum=1),
         "batch_size": _batch_key(64, "batch size (weights half and alphas half alike)"),
         "layers": Key(8, "int", "cells of the supernet (reduction cells at layers//3 and "
@@ -184,25 +202,27 @@ SPECS: dict[str, dict[str, Key]] = {
                                        "respect to the alphas, R-DARTS' collapse indicator "
                                        "(power iteration, nas_core.hessian), in history.json "
                                        "and on the epoch line; 0 = off (each costs some 20 "
-                                       "double-backward passes per batch)", minimum=0),
+                                       "double-backward passes per batch)", minimum=0,
+                             neutral=0),
         "hessian_batches": Key(2, "int", "batches of the alpha half (the first, in index "
                                          "order: the same every time) that the eigenvalue is "
-                                         "measured on", minimum=1),
+                                         "measured on", minimum=1, neutral=2),
         "early_stop_skips": Key(None, "int", "DARTS+ (Liang et al. 2019) early stop: end "
                                              "the search after the first epoch whose derived "
                                              "normal cell holds at least this many skip "
                                              "connections (the paper: 2); its cell is the "
-                                             "result; null = off", minimum=1, nullable=True),
+                                             "result; null = off", minimum=1, nullable=True,
+                                neutral=None, has_neutral=True),
         "early_stop_stable": Key(None, "int", "DARTS+ early stop: end the search once the "
                                               "derived cells have not changed for this many "
                                               "epochs (the paper: 10); null = off", minimum=1,
-                                 nullable=True),
+                                 nullable=True, neutral=None, has_neutral=True),
         "early_stop_hessian": Key(False, "bool", "R-DARTS (Zela et al. 2020, DARTS-ES) early "
                                                  "stop: end the search when the local mean of "
                                                  "the Hessian's dominant eigenvalue grew past "
                                                  "1/0.75 of its value 5 measurements before, "
                                                  "and keep the alphas of that measurement "
-                                                 "(needs hessian_every)"),
+                                                 "(needs hessian_every)", neutral=False),
         "max_steps_per_epoch": _MAX_STEPS,
         "checkpoint_every_steps": _CKPT_EVERY,
         "amp": _AMP,

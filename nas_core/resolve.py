@@ -24,7 +24,7 @@ __all__ = ["DatasetConfig", "resolve_dataset", "data_root", "genotype_source_kin
 #: selection training)
 GPU_DEFAULTS = {"search": 1, "train": 1, "test": 1, "select": 1}
 #: where the trained cell comes from (the workflow's ``genotype:`` block)
-GENOTYPE_DEFAULTS = {"source": "search"}
+GENOTYPE_DEFAULTS = {"source": "search", "max_skip": None}
 #: the blocks of a dataset: its data block and the stage blocks
 BLOCKS = ("data",) + STAGES
 

@@ -124,6 +124,14 @@ $defs:
         description: "'search' (this dataset's search/alphas.json), a published genotype name
           (nas_core.genotypes.list_genotypes(), e.g. DARTS_V2), or a path to a genotype .json, a
           genotype text file or a legacy DARTS log.txt; anything but 'search' skips the search"
+      max_skip:
+        type: [integer, 'null']
+        minimum: 0
+        default: null
+        description: "P-DARTS' limit: at most this many skip connections in the normal cell
+          derived from a DARTS search, the weakest replaced by their edge's next-best operation
+          (nas_core.genotypes.derive_genotype); null = off, DARTS as published. Sampled cells
+          (search.method random, random_ws) and given genotypes are kept as they are"
   data:
     description: "the data source: 'name' picks a loader of nas_core.data, the other keys are its
       options"

@@ -156,7 +156,7 @@ def test_config_yaml_is_accepted_with_defaults_filled_in():
     for stage in nas_config.STAGES:
         assert cfg[stage] == {**nas_config.defaults(stage), **raw.get(stage, {})}, stage
     assert cfg["gpus"] == {"search": 1, "train": 1, "test": 1, "select": 1}
-    assert cfg["genotype"] == {"source": "search"}
+    assert cfg["genotype"] == {"source": "search", "max_skip": None}
     assert cfg["targets"] == raw["targets"]
     assert check({"datasets": {"d": {"data": {"name": "digits"}}}})["targets"] == ["digits"]
 

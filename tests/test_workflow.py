@@ -70,7 +70,7 @@ def copy_workflow(dst: Path) -> Path:
 
 def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}
-    if (workdir / "nas_core").is_dir():  # a private copy of the library (fingerprint test)
+    if (workdir / "nas_core").is_dir():  # a private copy of the library (versions tests)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH")]))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env["NAS_CORE_GPU_LOCK_DIR"] = str(workdir / ".gpu_locks")
@@ -370,30 +370,86 @@ def test_changing_one_dataset_touches_nothing_of_another(done):
     assert {d for _, d in jobs} <= {"digits", ""}, jobs
 
 
+def _edited(path: Path, edit):
+    """Context: ``path`` rewritten by ``edit(text)``, then its bytes and mtime restored."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def run():
+        original, stat = path.read_bytes(), path.stat()
+        try:
+            path.write_text(edit(original.decode()))
+            yield
+        finally:
+            path.write_bytes(original)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    return run()
+
+
 @pytest.mark.slow
-def test_editing_nas_core_reruns_the_compute_stages(done):
-    """The `nas_core` param (sha256 of the library sources) changes with the library."""
-    source = done / "nas_core" / "model_eval.py"
-    original = source.read_text()
-    try:
-        source.write_text(original + "\n# an edit\n")
+def test_a_comment_edit_of_nas_core_reruns_nothing(done):
+    """The compute rules rerun on results versions (nas_core.versions), not on source bytes:
+    an edit that leaves the versions alone (a comment in the S3 client, in the search stage)
+    reruns no search, selection or training."""
+    with _edited(done / "nas_core" / "data" / "s3.py", lambda t: t + "\n# a comment\n"), \
+            _edited(done / "nas_core" / "stages" / "search.py",
+                    lambda t: t.replace('"""The search stage', '"""The (mended) search stage')):
         proc = snakemake(done, "-n", "--cores", "2", "--configfile", "tiny.yaml")
-        assert proc.returncode == 0, proc.output
-        rules = {r for r, d in planned_jobs(proc.output) if d == "digits"}
-        assert {"search", "genotype", "train", "test"} <= rules, proc.output
-        assert "download" not in rules
-        # report.py changes rerun only the figures.
-        source.write_text(original)
-        report = done / "nas_core" / "report.py"
-        report_original = report.read_text()
-        report.write_text(report_original + "\n# an edit\n")
+    assert proc.returncode == 0, proc.output
+    assert "Nothing to be done" in proc.output, proc.output
+    assert not planned_jobs(proc.output) and "made by" not in proc.output
+
+
+@pytest.mark.slow
+def test_a_version_bump_reruns_the_stage_and_what_follows_naming_the_versions(done):
+    """A change of the search's math comes with a bump of nas_core.versions.SEARCH (the golden
+    test insists): the dry run reruns digits' search and everything after it, nothing of
+    digits-pub (no search), and says so in one line."""
+    from nas_core import versions
+
+    old = versions.SEARCH
+    bump = lambda t: t.replace(f"\nSEARCH = {old}\n", f"\nSEARCH = {old + 1}\n")  # noqa: E731
+    with _edited(done / "nas_core" / "versions.py", bump):
         proc = snakemake(done, "-n", "--cores", "2", "--configfile", "tiny.yaml")
-        rules = {r for r, _ in planned_jobs(proc.output)}
-        assert rules and rules <= {"report_search", "report_cells", "report_train",
-                                   "report_test", "all"}, proc.output
-        report.write_text(report_original)
-    finally:
-        source.write_text(original)
+    assert proc.returncode == 0, proc.output
+    jobs = planned_jobs(proc.output)
+    compute = {(r, d) for r, d in jobs if r in COMPUTE | {"model_card"}}
+    assert compute == {(r, "digits") for r in ("search", "genotype", "train", "test",
+                                               "model_card")}, jobs
+    line = (f"results/digits/search/seed2: made by search v{old}, this nas_core computes "
+            f"search v{old + 1}: will rerun")
+    assert line in proc.output.splitlines(), proc.output
+    assert proc.output.count("made by") == 1, proc.output
+
+
+@pytest.mark.slow
+def test_an_output_without_a_results_version_is_named_as_stale(done):
+    """An output of the earlier format (no results_version recorded) gets its line; the real
+    one reruns through its params (the source hash param became the versions)."""
+    test_json = done / "results" / "digits-pub" / "test.json"
+
+    def strip(text):
+        doc = json.loads(text)
+        doc.pop("results_version")
+        return json.dumps(doc)
+
+    with _edited(test_json, strip):
+        proc = snakemake(done, "-n", "--cores", "2", "--configfile", "tiny.yaml")
+    assert proc.returncode == 0, proc.output
+    assert ("results/digits-pub/test.json: made by a nas_core that recorded no results version "
+            "(an earlier format), this nas_core computes data v") in proc.output, proc.output
+
+
+@pytest.mark.slow
+def test_editing_the_figure_modules_reruns_only_the_figures(done):
+    report = done / "nas_core" / "report.py"
+    with _edited(report, lambda t: t + "\n# an edit\n"):
+        proc = snakemake(done, "-n", "--cores", "2", "--configfile", "tiny.yaml")
+    assert proc.returncode == 0, proc.output
+    rules = {r for r, _ in planned_jobs(proc.output)}
+    assert rules and rules <= {"report_search", "report_cells", "report_train",
+                               "report_test", "all"}, proc.output
 
 
 # -- the summary and the report ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from nas_core import versions
 from nas_core.fileio import atomic_write_json
 
 from .base import DataBundle, DataError
@@ -134,7 +135,8 @@ def download_data(cfg: dict, root: str | Path = "resources",
     files = [f.path if isinstance(f, S3Download) else f for f in fetched]
     if manifest is not None:
         cache = Sha256Cache()
-        doc: dict[str, Any] = {"data": cfg, "root": str(root),
+        doc: dict[str, Any] = {"results_version": versions.for_stage("download"),
+                               "data": cfg, "root": str(root),
                                "files": sorted(str(f) for f in files)}
         doc["content"] = file_records(sorted(files, key=str), cache=cache)
         if spec.describe is not None:

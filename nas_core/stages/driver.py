@@ -19,10 +19,13 @@ same order for every stage:
 5. on rank 0: ``history.json`` and ``timings.json`` (one shape for every stage) and the
    recipe's own files.
 
-The fingerprint is sha256 of ``{"stage", "data", "data_source", "world_size", "cfg"}`` (the
-effective config without :data:`~nas_core.config.NON_RESULT_KEYS`) plus the recipe's
+The fingerprint is sha256 of ``{"stage", "results_version", "data", "data_source",
+"world_size", "cfg"}`` (:func:`nas_core.identity.run_identity`: the stage's results versions,
+:mod:`nas_core.versions`, and the effective config without
+:data:`~nas_core.config.NON_RESULT_KEYS` and keys at their neutral value) plus the recipe's
 :meth:`Recipe.identity` (the genotype, for training): a checkpoint resumes exactly when these
-are equal.
+are equal, so across an upgrade of nas_core that leaves the stage's versions alone.
+``history.json`` records the versions as ``results_version``.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from nas_core import __version__
+from nas_core import __version__, versions
 from nas_core.checkpoint import fingerprint
-from nas_core.config import NON_RESULT_KEYS, validate_stage_cfg
+from nas_core.config import validate_stage_cfg
 from nas_core.data import DataBundle, load_data
 from nas_core.distributed import World
 from nas_core.fileio import atomic_write_json
+from nas_core.identity import run_identity
 from nas_core.memory import Probe
 from nas_core.stages.budget import effective_cfg, plan_batch
 from nas_core.stages.common import derive_seed
@@ -54,9 +58,8 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 def run_fingerprint(stage: str, data: dict, source: dict, world: World, run_cfg: dict,
                     identity: dict | None = None) -> str:
     """The checkpoint fingerprint of one run (see the module docstring)."""
-    return fingerprint({"stage": stage, "data": data, "data_source": source,
-                        "world_size": world.size, **(identity or {}),
-                        "cfg": {k: v for k, v in run_cfg.items() if k not in NON_RESULT_KEYS}})
+    return fingerprint(run_identity(stage, run_cfg, data=data, data_source=source,
+                                    world_size=world.size, **(identity or {})))
 
 
 class Recipe:
@@ -175,8 +178,8 @@ def drive(recipe: Recipe, data: dict, cfg: dict, out_dir: str | Path, *,
         outcome = recipe.finish(stage, model)
     if world.is_main:
         atomic_write_json(out_dir / "history.json", {
-            "stage": name, "metric": stage.task.metric, "data": bundle.source,
-            "batch": plan.record(), **recipe.history(stage, outcome),
+            "stage": name, "results_version": versions.for_stage(name),
+            "metric": stage.task.metric, "data": bundle.source, "batch": plan.record(), **recipe.history(stage, outcome),
             "epochs": result.history})
         atomic_write_json(out_dir / "timings.json", {
             "stage": name, "device": str(runtime.device), "nas_core_version": __version__,

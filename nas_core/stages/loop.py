@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
+from nas_core import versions
 from nas_core.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from nas_core.distributed import SINGLE, World
 from nas_core.fileio import atomic_write_text
@@ -71,7 +72,9 @@ class Checkpointer:
         rngs = self.world.gather(get_rng_state())
         if not self.world.is_main:
             return
-        state: dict[str, Any] = {"stage": self.stage, "epoch": epoch, "step": step}
+        state: dict[str, Any] = {"stage": self.stage,
+                                 "results_version": versions.for_stage(self.stage),
+                                 "epoch": epoch, "step": step}
         for name, obj in self.stateful.items():
             state[name] = (state_dict_cpu(obj) if isinstance(obj, torch.nn.Module)
                            else obj.state_dict())

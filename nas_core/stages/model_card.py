@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nas_core import __version__
+from nas_core import __version__, versions
 from nas_core.config import validate_stage_cfg
 from nas_core.data import load_data
 from nas_core.fileio import atomic_write_text, sha256_file
@@ -83,6 +83,7 @@ def write_model_card(data: dict, train_cfg: dict, folder: str | os.PathLike, *,
         "test": {"metric": task.metric, "value": (test.get("metrics") or {}).get(task.metric),
                  "num_samples": test.get("num_samples")},
         "nas_core_version": __version__,
+        "results_version": versions.for_stage("model_card"),
     }
     network = build_network(card)
     load_model_file(network, weights)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nas_core import __version__
+from nas_core import __version__, versions
 from nas_core.checkpoint import atomic_torch_save
 from nas_core.config import validate_stage_cfg
 from nas_core.data import load_data
@@ -60,7 +60,8 @@ def run_random_cell(data: dict, cfg: dict, out_dir: str | Path, *,
     atomic_write_json(paths["alphas.json"],
                       sampled_alphas_document(genotype, model, 0, "random", seed=cfg["seed"]))
     atomic_write_json(paths["history.json"], {
-        "stage": "search", "metric": get_task(bundle.task).metric, "data": bundle.source,
+        "stage": "search", "results_version": versions.for_stage("search"),
+        "metric": get_task(bundle.task).metric, "data": bundle.source,
         "method": "random", "epochs": []})
     atomic_write_json(paths["timings.json"], {
         "stage": "search", "device": "cpu", "nas_core_version": __version__, "epochs": [],

@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from nas_core import versions
 from nas_core.fileio import atomic_write_json, atomic_write_text
 from nas_core.genotypes import Genotype
 from nas_core.stages.common import StageError
@@ -128,6 +129,7 @@ def run_select(candidates: Iterable[Mapping[str, Any]], output_json: str | Path,
                     task.metric, winner["seed"])
     doc = {
         "format": SELECTION_FORMAT,
+        "results_version": versions.for_stage("select"),
         "rule": {
             "metric": task.metric,
             "label": task.metric_label,

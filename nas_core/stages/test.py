@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from nas_core import __version__
+from nas_core import __version__, versions
 from nas_core.fileio import atomic_write_json, sha256_file
 from nas_core.config import validate_stage_cfg
 from nas_core.data import load_data
@@ -188,6 +188,7 @@ def run_test(data: dict, train_cfg: dict, cfg: dict, genotype: str | Path, model
 
     model_path = Path(model)
     result = {
+        "results_version": versions.for_stage("test"),
         "dataset": bundle.name,
         "task": task.name,
         "metrics": metrics,

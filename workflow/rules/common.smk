@@ -1,20 +1,18 @@
 # Shared by all rules: config validation and input/params functions. The knowledge behind them
-# is nas_core's (nas_core.pipeline, nas_core.resolve, nas_core.code_version), where tests reach
-# it. Nothing here starts a job; every check fails before the first job, with one line naming
-# the offending key or dataset.
+# is nas_core's (nas_core.pipeline, nas_core.resolve, nas_core.versions, nas_core.identity,
+# nas_core.outdated), where tests reach it. Nothing here starts a job; every check fails before
+# the first job, with one line naming the offending key or dataset.
 
 import copy
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from nas_core import pipeline
-from nas_core.code_version import (
-    MODEL_CARD_MODULES,
-    library_fingerprints,
-    modules_fingerprint,
-)
+from nas_core import outdated, pipeline, versions
+from nas_core.code_version import report_fingerprint
 from nas_core.config import ConfigError
+from nas_core.identity import params_cfg
 
 SCHEMA = "../schemas/config.schema.yaml"
 
@@ -45,9 +43,9 @@ validate_config(config)
 # Each dataset's settings (nas_core.resolve: the CLI's resolver too), checked: stage blocks,
 # targets, genotype sources. Plain dicts: Snakemake tracks them as params.
 DATASETS = checked(pipeline.resolve_datasets, config)
-# Edits of nas_core that can change results rerun the compute rules through this param; edits
-# of the figure modules rerun the report rules (nas_core.code_version).
-NAS_CORE_VERSION, NAS_CORE_REPORT_VERSION = library_fingerprints()
+# Edits of the figure modules rerun the report rules (nas_core.code_version); the compute
+# rules rerun on their results versions instead (results_version below), not on source bytes.
+NAS_CORE_REPORT_VERSION = report_fingerprint()
 LOCAL_DATA = pipeline.LocalData(DATASETS)
 
 _KNOWN = pipeline.names_regex(DATASETS)
@@ -69,6 +67,26 @@ def refuse_unknown_dataset(wildcards):
     )
 
 
+# -- results versions: what reruns after an upgrade of nas_core --------------------------------
+# The compute rules take `results=results_version(...)`, the versions their results depend on
+# (nas_core.versions, e.g. {"data": 1, "search": 1}). Snakemake reruns a rule when they change
+# and never for an edit that leaves them alone (a comment, a log line, a faster kernel). Before
+# the first job, one line per existing output that another version made (nas_core.outdated):
+# `results/digits/search/seed2: made by search v1, this nas_core computes search v2: will
+# rerun`; the same list: `python -m nas_core status`.
+
+
+def results_version(rule: str) -> dict:
+    """params value of a compute rule, by name: its results versions (a plain dict)."""
+    return versions.of(rule)
+
+
+if workflow.is_main_process:
+    _stale = outdated.outdated(DATASETS, snakemake_dir=".snakemake")
+    for _line in outdated.lines(_stale):
+        print(_line, file=sys.stderr)
+
+
 # -- per-dataset input and params functions ---------------------------------------------------
 
 
@@ -77,8 +95,9 @@ def ds(wildcards):
 
 
 def stage_cfg(stage: str):
-    """params function: the merged, checked block of ``stage`` for the job's dataset."""
-    return lambda wildcards: getattr(ds(wildcards), stage)
+    """params function: the merged, checked block of ``stage`` for the job's dataset,
+    without keys at a neutral default (nas_core.identity.params_cfg)."""
+    return lambda wildcards: params_cfg(stage, getattr(ds(wildcards), stage))
 
 
 def data_cfg(wildcards) -> dict:
@@ -125,8 +144,9 @@ def search_seeds(name: str) -> list[int]:
 
 def search_cfg(wildcards) -> dict:
     """params function of the search rule, the dataset's search block for the job's seed
-    (without `seeds`: changing the list does not touch an unchanged seed's search)."""
-    return ds(wildcards).search_for_seed(int(wildcards.seed))
+    (without `seeds`: changing the list does not touch an unchanged seed's search; without
+    keys at a neutral default, nas_core.identity.params_cfg)."""
+    return params_cfg("search", ds(wildcards).search_for_seed(int(wildcards.seed)))
 
 
 def single_search(file: str):
@@ -159,6 +179,11 @@ def genotype_param(wildcards) -> str:
     if dataset.genotype_kind == "search":
         return pipeline.search_file(dataset.name, dataset.seeds[0], "alphas.json")
     return dataset.genotype_source
+
+
+def genotype_max_skip(wildcards):
+    """genotype.max_skip of the dataset (None: DARTS' derivation as published)."""
+    return ds(wildcards).genotype.get("max_skip")
 
 
 def genotype_input(wildcards) -> list:

@@ -4,6 +4,8 @@
 # they are inputs (ancient: their mtime alone triggers nothing) and `content`, the sha256 of
 # their bytes, is a param, so an edit reruns download and, through download.json (sha256 and
 # size of each file), every later stage; a `touch` reruns nothing (common.smk, local data).
+# `results` is the data layer's results version (nas_core.versions.DATA), recorded in
+# download.json: a bump reruns download and every later stage (each carries DATA too).
 
 
 rule download:
@@ -21,6 +23,7 @@ rule download:
         data=data_cfg,
         root=data_root,
         content=local_data_content,
+        results=results_version("download"),
     script:
         "../scripts/download.py"
 

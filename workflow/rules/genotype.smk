@@ -19,7 +19,8 @@ rule genotype:
         "../envs/nas.yaml"
     params:
         source=genotype_param,
-        nas_core=NAS_CORE_VERSION,
+        max_skip=genotype_max_skip,
+        results=results_version("genotype"),
     script:
         "../scripts/genotype.py"
 
@@ -39,6 +40,7 @@ rule seed_genotype:
         "../envs/nas.yaml"
     params:
         source=lambda wildcards, input: input[0],
-        nas_core=NAS_CORE_VERSION,
+        max_skip=genotype_max_skip,
+        results=results_version("seed_genotype"),
     script:
         "../scripts/genotype.py"

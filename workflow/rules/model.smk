@@ -1,12 +1,8 @@
 # The trained model as something to use: results/{dataset}/model.json (the model card:
 # network, genotype, weights, preprocessing, class names; what nas_core.load_model reads),
 # written by nas_core/stages/model_card.py with nas_core/inference.py's format and network.
-# Both files shape the card, so their content is part of this rule's fingerprint param.
-
-
-# sha256 of the modules that shape the card besides the compute modules (inference.py,
-# stages/model_card.py: nas_core.code_version.MODEL_CARD_MODULES).
-NAS_CORE_INFERENCE_VERSION = modules_fingerprint(MODEL_CARD_MODULES)
+# What they compute is versioned (nas_core.versions.MODEL_CARD, with DATA): the rule reruns
+# when a version changes, not when their bytes do.
 
 
 rule model_card:
@@ -31,7 +27,6 @@ rule model_card:
         train=stage_cfg("train"),
         root=data_root,
         genotype_source=lambda wildcards: ds(wildcards).genotype_source,
-        nas_core=NAS_CORE_VERSION,
-        inference=NAS_CORE_INFERENCE_VERSION,
+        results=results_version("model_card"),
     script:
         "../scripts/model_card.py"

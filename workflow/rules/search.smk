@@ -27,6 +27,6 @@ rule search:
         data=data_cfg,
         search=search_cfg,
         root=data_root,
-        nas_core=NAS_CORE_VERSION,
+        results=results_version("search"),
     script:
         "../scripts/search.py"

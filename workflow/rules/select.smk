@@ -28,7 +28,7 @@ rule select_train:
         data=data_cfg,
         select=stage_cfg("select"),
         root=data_root,
-        nas_core=NAS_CORE_VERSION,
+        results=results_version("select_train"),
     script:
         "../scripts/select_train.py"
 
@@ -53,6 +53,6 @@ rule select:
     params:
         seeds=lambda wildcards: search_seeds(wildcards.dataset),
         select=stage_cfg("select"),
-        nas_core=NAS_CORE_VERSION,
+        results=results_version("select"),
     script:
         "../scripts/select.py"

@@ -25,6 +25,6 @@ rule test:
         train=stage_cfg("train"),
         test=stage_cfg("test"),
         root=data_root,
-        nas_core=NAS_CORE_VERSION,
+        results=results_version("test"),
     script:
         "../scripts/test.py"

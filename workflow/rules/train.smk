@@ -21,6 +21,6 @@ rule train:
         data=data_cfg,
         train=stage_cfg("train"),
         root=data_root,
-        nas_core=NAS_CORE_VERSION,
+        results=results_version("train"),
     script:
         "../scripts/train.py"

@@ -8,4 +8,5 @@ log_to(snakemake.log[0], snakemake.rule)
 
 from nas_core.stages import run_genotype  # noqa: E402
 
-run_genotype(snakemake.params.source, Path(snakemake.output[0]))
+run_genotype(snakemake.params.source, Path(snakemake.output[0]),
+             max_skip=snakemake.params.max_skip)
