@@ -180,7 +180,11 @@ def search_step(model: nn.Module, architect: Architect, w_optimizer: torch.optim
     w_optimizer.zero_grad(set_to_none=True)
     logits = model(x_train)
     loss = architect.loss_fn(logits, y_train)
-    loss.backward(inputs=weights)
+    # autograd.grad and assigning .grad: the same gradients as loss.backward(inputs=weights)
+    # without one AccumulateGrad (and its detach) per weight tensor
+    grads = torch.autograd.grad(loss, weights, allow_unused=True)
+    for p, g in zip(weights, grads):
+        p.grad = g
     if architect.grad_reduce is not None:
         architect.grad_reduce([p.grad for p in weights if p.grad is not None], "train")
     if grad_clip is not None and grad_clip > 0:
