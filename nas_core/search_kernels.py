@@ -388,6 +388,7 @@ class GroupMix(torch.autograd.Function):
                 acc.addcmul_(yv, cols[slot])
         ctx.slots, ctx.shared, ctx.edges, ctx.channels = slots, shared, e, c
         ctx.dtype = w.dtype
+        ctx.channels_last = _channels_last(ref)
         # the views the backward reads (5-D outputs, the weights' columns): saved as they are
         ctx.save_for_backward(*cols, *yvs)
         return acc.unbind(1)
@@ -399,8 +400,7 @@ class GroupMix(torch.autograd.Function):
         saved = ctx.saved_tensors
         k = len(saved) - len(slots)
         cols, yvs = saved[:k], saved[k:]
-        g0 = grads[0]
-        if _channels_last(g0):
+        if ctx.channels_last:  # the edge-major layout of the outputs (channels innermost)
             g = torch.stack([t.permute(0, 2, 3, 1) for t in grads], 3).permute(0, 3, 4, 1, 2)
         else:
             g = torch.stack(grads, 1)
@@ -411,7 +411,12 @@ class GroupMix(torch.autograd.Function):
                 grad_cols[slot] = (g * yv).sum((0, 2, 3, 4))
             if ctx.needs_input_grad[3 + i]:
                 gy = g * cols[slot].to(g.dtype)
-                grad_ys[i] = gy.sum(1) if s else gy.flatten(1, 2)
+                if not s:
+                    grad_ys[i] = gy.flatten(1, 2)
+                elif ctx.channels_last:  # summed over the edges in channels_last
+                    grad_ys[i] = gy.permute(0, 3, 4, 1, 2).sum(3).permute(0, 3, 1, 2)
+                else:
+                    grad_ys[i] = gy.sum(1)
         grad_w = None
         if ctx.needs_input_grad[0]:
             zero = None
