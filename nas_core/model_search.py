@@ -28,6 +28,12 @@ the op's submodules: after assigning a submodule (e.g. ReLU -> Softplus) or chan
 in place (an activation's ``inplace``, a BatchNorm's ``eps`` or ``affine``) call ``replan()``
 (:meth:`SearchNetwork.replan`, or the cell's or mixed op's).
 
+Batched switch: ``SearchNetwork(..., batched_edges=True)`` runs each cell along a
+:class:`~nas_core.search_paths.BatchedCellPlan`: the edges that read one node as one stacked
+computation (grouped convolutions, one BatchNorm per block, one fused weighted sum), about a
+third of the ATen operators per step; same parameters (state dict unchanged) and the same math
+(tests/test_search_speed_math.py).  Off by default: on the CPU the plain path is faster.
+
 Memory switch: ``SearchNetwork(..., recompute=True)`` runs cells under activation
 recomputation (:func:`nas_core.recompute.checkpointed`) in training mode with gradients on:
 the forward keeps only such a cell's inputs, the backward runs the cell again.  Same
@@ -180,7 +186,8 @@ class SearchNetwork(RecomputedCells, nn.Module):
     ``fuse_node_sums`` are the speed switches of the cells and mixed ops (same math; see the
     module docstring): ``lean_batchnorm=False`` is needed only to differentiate twice through
     the network (``create_graph=True``); the DARTS second-order step does not (finite
-    differences).  ``recompute``: cells' activations are recomputed in the backward pass
+    differences).  ``batched_edges``: the edges that read one node run stacked (module
+    docstring; plain path when False, the default).  ``recompute``: cells' activations are recomputed in the backward pass
     instead of kept (training mode with gradients on; see the module docstring and
     :attr:`recompute_cells`): less memory, one more forward of those cells per backward, same
     results.

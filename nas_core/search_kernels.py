@@ -17,6 +17,21 @@ BatchNorm running statistics) with fewer kernels, fewer saved tensors or fewer g
   again in its input (kept anyway: the node's average pooling keeps it too) instead of keeping
   int64 indices, twice the size of the pooled float32 output.
 
+Batched edges (``SearchNetwork(..., batched_edges=True)``, :class:`nas_core.search_paths.
+BatchedCellPlan`): the edges that read one node computed as one stack of channels, same math:
+
+* :class:`StackParams` / :func:`stack_params`: the per-edge weights of one op type concatenated
+  into the weight of one grouped convolution inside the forward (the parameters stay the
+  edges' own; the backward hands each its slice with one ``split``);
+* :class:`RepeatChannels` / :func:`repeat_channels`: the activated node once per edge
+  (edge-major), the input of the grouped depthwise convolutions; the backward is one sum;
+* :func:`stacked_batch_norm`: one batch normalisation (no affine, batch statistics: exact per
+  channel) over the stacked channels, updating stacked running statistics in the kernel;
+  :class:`StackedRunningStats` concatenates the modules' statistics once per cell forward and
+  copies them back at its end;
+* :class:`GroupMix`: every edge's weighted sum ``sum_k w[e, k] * y_k[e]`` of one node's
+  readers as one graph node (one multiplication per op type over all edges).
+
 ``counters``: a list that collects the ``num_batches_tracked`` tensors of the BatchNorms that
 ran; the caller adds 1 to all of them at once (``torch._foreach_add_``) after the forward.
 ``None``: each counter is incremented at once.

@@ -24,6 +24,20 @@ computed once for its stride-2 edges.  Work shared by the edges that read one no
 that node's :class:`EdgeInputCache` for one cell forward.  ``lean``: the BatchNorm that ends
 an op keeps its output, not its input (once differentiable).
 
+Batched edges (``SearchNetwork(..., batched_edges=True)``; off by default): a cell's
+:class:`BatchedCellPlan` runs, for each state, the 2-4 edges that read it as one computation
+over their stacked channels (edge-major): one activation, the activated input repeated once
+per edge into grouped depthwise convolutions (``groups`` = stacked channels), the pointwise
+convolutions grouped by edge, one BatchNorm per block, FactorizedReduce's two offset
+convolutions as one each, pooling + BN and identity shared, and one
+:class:`~nas_core.search_kernels.GroupMix` for all the edges' weighted sums; each node adds its
+incoming edges' sums.  Parameters stay per edge (stacked inside the forward), so the state dict
+is unchanged.  About a third of the ATen operators of the plain path per step (a GPU's kernel
+launches); on the 2-core CPU of ``benchmarks/README.md`` it is slower (oneDNN's grouped
+convolutions), hence not the default.  It runs in training mode when the BatchNorms of the
+batched ops share one ``momentum`` (not None); otherwise, and for ops it does not know
+(planned as not batchable: ``plan.batched`` is False), the plain :class:`CellPlan` runs.
+
 Plans are made when the modules are built and on ``replan()``; they hold the ops' submodules
 and the settings read when planning (module types, an activation's ``inplace`` and other
 settings, a BatchNorm's ``affine`` and ``eps``).  Whoever assigns a submodule or changes such a
