@@ -65,6 +65,7 @@ class Config:
     channels_last: bool = False  # ours
     amp: str = "off"          # ours: "off" | "bf16"
     graphs: bool = False      # ours: the step replayed as a CUDA graph (CUDA)
+    batched: bool = False     # ours: SearchNetwork(..., batched_edges=True)
 
     def label(self) -> str:
         c, h, w = self.shape
@@ -75,6 +76,8 @@ class Config:
 
     def ours_label(self) -> str:
         parts = ["channels_last" if self.channels_last else "contiguous"]
+        if self.batched:
+            parts.append("batched")
         if self.amp != "off":
             parts.append(self.amp)
         if self.graphs:
@@ -117,15 +120,16 @@ class Ours:
         self.cfg = cfg
         self.name = cfg.ours_label()
         model = SearchNetwork(cfg.shape[0], cfg.channels, CLASSES, cfg.layers,
-                              partial_channels=cfg.partial)
+                              partial_channels=cfg.partial, batched_edges=cfg.batched)
         if state_dict is not None and cfg.partial == 1:
             model.load_state_dict(state_dict, strict=False)
         model = model.to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        # foreach: as the search stage (one _foreach kernel per update instead of a loop)
         self.w_opt = torch.optim.SGD(model.weight_parameters(), LR, momentum=MOMENTUM,
-                                     weight_decay=WD)
+                                     weight_decay=WD, foreach=True)
         self.architect = Architect(model, F.cross_entropy, self.w_opt, order=cfg.order,
                                    arch_lr=ARCH_LR, arch_weight_decay=ARCH_WD)
         self.device = device
@@ -337,6 +341,7 @@ def configurations(args) -> list[tuple[Config, list[Config]]]:
     else:
         cls = [args.channels_last == "on"]
     amp = args.amp if args.amp != "auto" else ("bf16" if cuda else "off")
+    batched = {"off": [False], "on": [True], "both": [False, True]}[args.batched]
     if args.preset == "gpu":
         shapes, nets = [(3, 32, 32)], [(16, 8, 64)]
     else:
@@ -358,14 +363,16 @@ def configurations(args) -> list[tuple[Config, list[Config]]]:
         for c, layers, batch in nets:
             for order in orders:
                 cfg = Config(shape, c, layers, batch, order)
-                variants = [replace(cfg, channels_last=cl, amp=amp) for cl in cls]
+                variants = [replace(cfg, channels_last=cl, amp=amp, batched=b)
+                            for cl in cls for b in batched]
                 if args.graphs and cuda:
                     variants += [replace(v, graphs=True) for v in variants]
                 out.append((cfg, variants))
     if not args.no_partial:  # PC-DARTS, reported separately (a different algorithm)
         shape, (c, layers, batch) = shapes[0], nets[0]
         cfg = Config(shape, c, layers, batch, 1)
-        out.append((cfg, [replace(cfg, partial=4, channels_last=cl, amp=amp) for cl in cls]))
+        out.append((cfg, [replace(cfg, partial=4, channels_last=cl, amp=amp, batched=b)
+                          for cl in cls for b in batched]))
     return out
 
 
@@ -409,6 +416,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", choices=("auto", "on", "off", "both"), default=None,
                    help="ours: auto = on for CUDA (default on CUDA); cpu default: both")
+    p.add_argument("--batched", choices=("off", "on", "both"), default="both",
+                   help="ours: the plain path, the batched edges (batched_edges=True), or both")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                    help="ours: auto = bf16 on CUDA, off on the CPU (the reference: float32)")
     p.add_argument("--no-graphs", dest="graphs", action="store_false",

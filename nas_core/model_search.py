@@ -28,6 +28,12 @@ the op's submodules: after assigning a submodule (e.g. ReLU -> Softplus) or chan
 in place (an activation's ``inplace``, a BatchNorm's ``eps`` or ``affine``) call ``replan()``
 (:meth:`SearchNetwork.replan`, or the cell's or mixed op's).
 
+Batched switch: ``SearchNetwork(..., batched_edges=True)`` runs each cell along a
+:class:`~nas_core.search_paths.BatchedCellPlan`: the edges that read one node as one stacked
+computation (grouped convolutions, one BatchNorm per block, one fused weighted sum), about a
+third of the ATen operators per step; same parameters (state dict unchanged) and the same math
+(tests/test_search_speed_math.py).  Off by default: on the CPU the plain path is faster.
+
 Memory switch: ``SearchNetwork(..., recompute=True)`` runs cells under activation
 recomputation (:func:`nas_core.recompute.checkpointed`) in training mode with gradients on:
 the forward keeps only such a cell's inputs, the backward runs the cell again.  Same
@@ -49,7 +55,8 @@ from nas_core.network_parts import build_cells, pad_to_multiple, reduction_layer
 from nas_core.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, create_op
 from nas_core.recompute import (RecomputedCells, checkpointed, recompute_active,
                                 recompute_plan)
-from nas_core.search_paths import CellPlan, EdgeInputCache, EdgePlan, channel_shuffle
+from nas_core.search_paths import (BatchedCellPlan, CellPlan, EdgeInputCache, EdgePlan,
+                                   channel_shuffle)
 
 __all__ = ["SearchNetwork", "SearchCell", "MixedOp", "EdgeInputCache", "channel_shuffle",
            "num_edges"]
@@ -125,12 +132,13 @@ class SearchCell(nn.Module):
     def __init__(self, steps: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
                  reduction: bool, reduction_prev: bool, primitives: Sequence[str],
                  partial_channels: int = 1, *, lean_batchnorm: bool = True,
-                 fuse_node_sums: bool = True):
+                 fuse_node_sums: bool = True, batched_edges: bool = False):
         super().__init__()
         self.reduction = reduction
         self.steps = steps
         self.multiplier = multiplier
         self._fuse_node_sums = bool(fuse_node_sums)
+        self._batched_edges = bool(batched_edges)
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(c_prev_prev, c, affine=False)
         else:
@@ -141,18 +149,27 @@ class SearchCell(nn.Module):
                     lean_batchnorm=lean_batchnorm)
             for i in range(steps) for j in range(2 + i))
         #: how the nodes run (the mixed ops planned themselves)
-        self.plan = CellPlan(self._ops, steps, self._fuse_node_sums)
+        self.plan = self._cell_plan()
 
     @property
     def fuse_node_sums(self) -> bool:
         """Whether plain-DARTS node sums are one ``WeightedSum`` each (constructor)."""
         return self._fuse_node_sums
 
+    @property
+    def batched_edges(self) -> bool:
+        """Whether the edges that read one node run stacked (constructor)."""
+        return self._batched_edges
+
+    def _cell_plan(self) -> CellPlan | BatchedCellPlan:
+        plan = CellPlan if not self._batched_edges else BatchedCellPlan
+        return plan(self._ops, self.steps, self._fuse_node_sums)
+
     def replan(self) -> None:
         """Re-plan every mixed op, then the nodes (needed after replacing a mixed op)."""
         for mixed in self._ops:
             mixed.replan()
-        self.plan = CellPlan(self._ops, self.steps, self._fuse_node_sums)
+        self.plan = self._cell_plan()
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,7 +186,8 @@ class SearchNetwork(RecomputedCells, nn.Module):
     ``fuse_node_sums`` are the speed switches of the cells and mixed ops (same math; see the
     module docstring): ``lean_batchnorm=False`` is needed only to differentiate twice through
     the network (``create_graph=True``); the DARTS second-order step does not (finite
-    differences).  ``recompute``: cells' activations are recomputed in the backward pass
+    differences).  ``batched_edges``: the edges that read one node run stacked (module
+    docstring; plain path when False, the default).  ``recompute``: cells' activations are recomputed in the backward pass
     instead of kept (training mode with gradients on; see the module docstring and
     :attr:`recompute_cells`): less memory, one more forward of those cells per backward, same
     results.
@@ -179,7 +197,7 @@ class SearchNetwork(RecomputedCells, nn.Module):
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3,
                  primitives: Iterable[str] = PRIMITIVES, partial_channels: int = 1, *,
                  lean_batchnorm: bool = True, fuse_node_sums: bool = True,
-                 recompute: bool = False):
+                 batched_edges: bool = False, recompute: bool = False):
         super().__init__()
         primitives = tuple(primitives)
         for name, value in (("in_channels", in_channels), ("channels", channels),
@@ -207,6 +225,7 @@ class SearchNetwork(RecomputedCells, nn.Module):
         self.partial_channels = partial_channels
         self._lean_batchnorm = bool(lean_batchnorm)
         self._fuse_node_sums = bool(fuse_node_sums)
+        self._batched_edges = bool(batched_edges)
         self.reduction_layers = reduction_layers(layers)
         #: H and W are zero-padded to multiples of this (2 ** number of reduction cells).
         self.size_multiple = 2 ** len(self.reduction_layers)
@@ -215,7 +234,8 @@ class SearchNetwork(RecomputedCells, nn.Module):
                             lambda *shape: SearchCell(steps, multiplier, *shape, primitives,
                                                       partial_channels,
                                                       lean_batchnorm=lean_batchnorm,
-                                                      fuse_node_sums=fuse_node_sums))
+                                                      fuse_node_sums=fuse_node_sums,
+                                                      batched_edges=batched_edges))
         self.stem, self.cells = stack.stem, stack.cells
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(stack.out_channels[-1], num_outputs)
@@ -240,6 +260,11 @@ class SearchNetwork(RecomputedCells, nn.Module):
     def fuse_node_sums(self) -> bool:
         """Whether plain-DARTS node sums are one graph node each (constructor)."""
         return self._fuse_node_sums
+
+    @property
+    def batched_edges(self) -> bool:
+        """Whether each cell runs the edges that read one node stacked (constructor)."""
+        return self._batched_edges
 
     def replan(self) -> None:
         """Plan every cell and mixed op anew from the current submodules and their settings:

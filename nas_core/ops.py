@@ -175,6 +175,16 @@ def strided_1x1(conv: nn.Conv2d, x: torch.Tensor, offset: int) -> torch.Tensor:
     return conv(x[:, :, offset:, offset:] if offset else x)
 
 
+def strided_1x1_weight(weight: torch.Tensor, x: torch.Tensor, offset: int) -> torch.Tensor:
+    """:func:`strided_1x1` with a bare weight (no bias, no dilation, one group): the stacked
+    convolution of several FactorizedReduce modules (``nas_core.search_paths``)."""
+    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        xs = x[:, :, offset::2, offset::2].contiguous(memory_format=torch.channels_last)
+        return F.conv2d(xs, weight)
+    return F.conv2d(x[:, :, offset:, offset:] if offset else x, weight, None, 2)
+
+
 class MaxPool2x2(nn.Module):
     """2x2 max pooling that keeps the size at stride 1 (pads right/bottom) and halves it at stride 2."""
 

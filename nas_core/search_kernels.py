@@ -17,6 +17,21 @@ BatchNorm running statistics) with fewer kernels, fewer saved tensors or fewer g
   again in its input (kept anyway: the node's average pooling keeps it too) instead of keeping
   int64 indices, twice the size of the pooled float32 output.
 
+Batched edges (``SearchNetwork(..., batched_edges=True)``, :class:`nas_core.search_paths.
+BatchedCellPlan`): the edges that read one node computed as one stack of channels, same math:
+
+* :class:`StackParams` / :func:`stack_params`: the per-edge weights of one op type concatenated
+  into the weight of one grouped convolution inside the forward (the parameters stay the
+  edges' own; the backward hands each its slice with one ``split``);
+* :class:`RepeatChannels` / :func:`repeat_channels`: the activated node once per edge
+  (edge-major), the input of the grouped depthwise convolutions; the backward is one sum;
+* :func:`stacked_batch_norm`: one batch normalisation (no affine, batch statistics: exact per
+  channel) over the stacked channels, updating stacked running statistics in the kernel;
+  :class:`StackedRunningStats` concatenates the modules' statistics once per cell forward and
+  copies them back at its end;
+* :class:`GroupMix`: every edge's weighted sum ``sum_k w[e, k] * y_k[e]`` of one node's
+  readers as one graph node (one multiplication per op type over all edges).
+
 ``counters``: a list that collects the ``num_batches_tracked`` tensors of the BatchNorms that
 ran; the caller adds 1 to all of them at once (``torch._foreach_add_``) after the forward.
 ``None``: each counter is incremented at once.
@@ -32,7 +47,9 @@ import torch.nn.functional as F
 
 __all__ = ["LEAN_DTYPES", "tracks_running_stats", "batch_norm_factor", "update_running_stats",
            "BatchNormFromOutput", "batch_norm", "batch_norm_last", "shared_batch_norm",
-           "WeightedSum", "MaxPoolFromInput", "max_pool"]
+           "WeightedSum", "MaxPoolFromInput", "max_pool", "StackParams", "stack_params",
+           "RepeatChannels", "repeat_channels", "GroupMix", "StackedRunningStats",
+           "stacked_batch_norm"]
 
 #: dtypes of the lean BatchNorm; reduced precision (bf16/fp16 under autocast) takes the plain path
 LEAN_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
@@ -288,3 +305,183 @@ def max_pool(pool: nn.Module | None, x: torch.Tensor, kernel: int = 2, stride: i
     if (x.dtype in LEAN_DTYPES and torch.is_grad_enabled() and x.requires_grad):
         return MaxPoolFromInput.apply(x, kernel, stride, padding)
     return F.max_pool2d(x, kernel, stride, padding) if pool is None else pool(x)
+
+
+# -- batched edges: the edges that read one node as one computation ------------------------------
+def _channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` (4-D) is dense in channels_last and not in the contiguous format."""
+    return (t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
+
+
+class StackParams(torch.autograd.Function):
+    """``torch.cat(params)`` along dim 0 (the per-edge weights of one op type stacked into the
+    weight of one grouped convolution); the backward hands each parameter its slice as one
+    ``unbind`` (autograd's own ``cat`` backward is one ``slice`` per input).
+
+    ``apply(*params) -> stacked``; all ``params`` of one shape."""
+
+    @staticmethod
+    def forward(ctx, *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.count = len(params)
+        return torch.cat(params, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad.split(grad.shape[0] // ctx.count, 0)
+
+
+def stack_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The stacked weight of a group (:class:`StackParams`); one parameter: itself."""
+    return params[0] if len(params) == 1 else StackParams.apply(*params)
+
+
+class RepeatChannels(torch.autograd.Function):
+    """``torch.cat([x] * copies, dim=1)`` (the input of the edge-major grouped depthwise
+    convolutions of ``copies`` edges), keeping ``x``'s memory format; the backward is one sum
+    over the copies (autograd's would be one slice and one addition per copy)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, copies: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.copies = copies
+        return torch.cat([x] * copies, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        n, ec, h, w = grad.shape
+        e = ctx.copies
+        return grad.view(n, e, ec // e, h, w).sum(1), None
+
+
+def repeat_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """:class:`RepeatChannels` (``x`` itself for one copy)."""
+    return x if copies == 1 else RepeatChannels.apply(x, copies)
+
+
+def _edge_major_empty(like: torch.Tensor, edges: int, channels: int) -> torch.Tensor:
+    """An uninitialised N x edges x channels x H x W tensor laid out as ``like`` (N x C x H x W)
+    would be with ``edges * channels`` channels: its flatten(1, 2) is a view in that format."""
+    n, _, h, w = like.shape
+    if _channels_last(like):
+        return like.new_empty((n, h, w, edges, channels)).permute(0, 3, 4, 1, 2)
+    return like.new_empty((n, edges, channels, h, w))
+
+
+class GroupMix(torch.autograd.Function):
+    """The weighted sums of the ``E`` edges that read one node, at once:
+    ``out_e = sum_i w[e, slots[i]] * y_i[e]`` for each edge ``e``, where ``y_i`` is either the
+    stacked output of one op type over the edges (N x E*C x H x W, edge-major) or, when
+    ``shared[i]``, one output that every edge shares (pooling + BN, identity: N x C x H x W).
+    ``w``: the edges' rows of softmax(alpha) (E x ops).  One graph node: the forward is one
+    multiplication and one ``addcmul_`` per op type over all edges; the backward one
+    multiplication (and a sum over the edges for shared outputs) per op type for the outputs,
+    one product and sum per op type for the weights.  Returns the E outputs (views of one
+    tensor; not to be modified in place).  Once differentiable.
+
+    ``apply(w, slots, shared, *ys) -> (out_0, ..., out_{E-1})``.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, slots: tuple[int, ...],  # type: ignore[override]
+                shared: tuple[bool, ...], *ys: torch.Tensor):
+        e, k = w.shape
+        ref = next((y for y, s in zip(ys, shared) if not s), None)
+        if ref is None:  # only shared outputs
+            ref = ys[0]
+            c = ref.shape[1]
+        else:
+            c = ref.shape[1] // e
+        cols = w.t().reshape(k, 1, e, 1, 1, 1).unbind(0)
+        acc = _edge_major_empty(ref, e, c)
+        yvs = []
+        for i, (slot, y, s) in enumerate(zip(slots, ys, shared)):
+            yv = y.unsqueeze(1) if s else y.unflatten(1, (e, c))
+            yvs.append(yv)
+            if i == 0:
+                torch.mul(yv, cols[slot], out=acc)
+            else:
+                acc.addcmul_(yv, cols[slot])
+        ctx.slots, ctx.shared, ctx.edges, ctx.channels = slots, shared, e, c
+        ctx.dtype = w.dtype
+        ctx.channels_last = _channels_last(ref)
+        # the views the backward reads (5-D outputs, the weights' columns): saved as they are
+        ctx.save_for_backward(*cols, *yvs)
+        return acc.unbind(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
+        slots, shared, e, c = ctx.slots, ctx.shared, ctx.edges, ctx.channels
+        saved = ctx.saved_tensors
+        k = len(saved) - len(slots)
+        cols, yvs = saved[:k], saved[k:]
+        if ctx.channels_last:  # the edge-major layout of the outputs (channels innermost)
+            g = torch.stack([t.permute(0, 2, 3, 1) for t in grads], 3).permute(0, 3, 4, 1, 2)
+        else:
+            g = torch.stack(grads, 1)
+        grad_cols: list[torch.Tensor | None] = [None] * k
+        grad_ys: list[torch.Tensor | None] = [None] * len(yvs)
+        for i, (slot, yv, s) in enumerate(zip(slots, yvs, shared)):
+            if ctx.needs_input_grad[0]:
+                grad_cols[slot] = (g * yv).sum((0, 2, 3, 4))
+            if ctx.needs_input_grad[3 + i]:
+                gy = g * cols[slot].to(g.dtype)
+                if not s:
+                    grad_ys[i] = gy.flatten(1, 2)
+                elif ctx.channels_last:  # summed over the edges in channels_last
+                    grad_ys[i] = gy.permute(0, 3, 4, 1, 2).sum(3).permute(0, 3, 1, 2)
+                else:
+                    grad_ys[i] = gy.sum(1)
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            zero = None
+            for j, col in enumerate(grad_cols):
+                if col is None:
+                    if zero is None:
+                        zero = g.new_zeros(e)
+                    grad_cols[j] = zero
+            grad_w = torch.stack(grad_cols, 1).to(ctx.dtype)
+        return (grad_w, None, None, *grad_ys)
+
+
+class StackedRunningStats:
+    """The running statistics of the BatchNorm modules of one batched cell, stacked for one
+    forward: :meth:`begin` concatenates every module's ``running_mean`` / ``running_var`` (in
+    the given order; two kernels), :meth:`slices` hands each group of modules its part (one
+    ``split`` each), which ``native_batch_norm`` updates in place; :meth:`end` copies the parts
+    back into the modules (one ``_foreach_copy_``).  Same values as each module's own update
+    (the update is per channel)."""
+
+    def __init__(self, groups: Sequence[Sequence[nn.BatchNorm2d]]):
+        self.groups = [list(g) for g in groups]
+        self.modules = [bn for g in self.groups for bn in g]
+        self.group_sizes = [sum(bn.num_features for bn in g) for g in self.groups]
+        self.module_sizes = [bn.num_features for bn in self.modules]
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def begin(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        self.mean = torch.cat([bn.running_mean for bn in self.modules])
+        self.var = torch.cat([bn.running_var for bn in self.modules])
+        return list(self.mean.split(self.group_sizes)), list(self.var.split(self.group_sizes))
+
+    @torch.no_grad()
+    def end(self) -> None:
+        dst = [bn.running_mean for bn in self.modules] + [bn.running_var for bn in self.modules]
+        src = (list(self.mean.split(self.module_sizes))
+               + list(self.var.split(self.module_sizes)))
+        torch._foreach_copy_(dst, src)
+        self.mean = self.var = None
+
+
+def stacked_batch_norm(y: torch.Tensor, running_mean: torch.Tensor | None,
+                       running_var: torch.Tensor | None, momentum: float, eps: float,
+                       lean: bool) -> torch.Tensor:
+    """Training-mode batch normalisation without affine parameters of the stacked channels of
+    several edges (each channel's statistics are its own: the same as each edge's BatchNorm
+    module), the stacked running statistics updated in the kernel.  ``lean``: the backward
+    reads the output (:class:`BatchNormFromOutput`, float32/64)."""
+    if lean and y.dtype in LEAN_DTYPES:
+        return BatchNormFromOutput.apply(y, running_mean, running_var, momentum, eps)[0]
+    return F.batch_norm(y, running_mean, running_var, None, None, True, momentum, eps)

@@ -24,6 +24,20 @@ computed once for its stride-2 edges.  Work shared by the edges that read one no
 that node's :class:`EdgeInputCache` for one cell forward.  ``lean``: the BatchNorm that ends
 an op keeps its output, not its input (once differentiable).
 
+Batched edges (``SearchNetwork(..., batched_edges=True)``; off by default): a cell's
+:class:`BatchedCellPlan` runs, for each state, the 2-4 edges that read it as one computation
+over their stacked channels (edge-major): one activation, the activated input repeated once
+per edge into grouped depthwise convolutions (``groups`` = stacked channels), the pointwise
+convolutions grouped by edge, one BatchNorm per block, FactorizedReduce's two offset
+convolutions as one each, pooling + BN and identity shared, and one
+:class:`~nas_core.search_kernels.GroupMix` for all the edges' weighted sums; each node adds its
+incoming edges' sums.  Parameters stay per edge (stacked inside the forward), so the state dict
+is unchanged.  About a third of the ATen operators of the plain path per step (a GPU's kernel
+launches); on the 2-core CPU of ``benchmarks/README.md`` it is slower (oneDNN's grouped
+convolutions), hence not the default.  It runs in training mode when the BatchNorms of the
+batched ops share one ``momentum`` (not None); otherwise, and for ops it does not know
+(planned as not batchable: ``plan.batched`` is False), the plain :class:`CellPlan` runs.
+
 Plans are made when the modules are built and on ``replan()``; they hold the ops' submodules
 and the settings read when planning (module types, an activation's ``inplace`` and other
 settings, a BatchNorm's ``affine`` and ``eps``).  Whoever assigns a submodule or changes such a
@@ -40,11 +54,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas_core.ops import DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN, SepConv
-from nas_core.search_kernels import (WeightedSum, batch_norm, batch_norm_last, max_pool,
-                                     shared_batch_norm, tracks_running_stats)
+from nas_core.ops import (DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN, SepConv,
+                          strided_1x1_weight)
+from nas_core.search_kernels import (GroupMix, StackedRunningStats, WeightedSum, _channels_last,
+                                     batch_norm, batch_norm_last, max_pool, repeat_channels,
+                                     shared_batch_norm, stack_params, stacked_batch_norm,
+                                     tracks_running_stats)
 
-__all__ = ["EdgeInputCache", "EdgePlan", "CellPlan", "channel_shuffle"]
+__all__ = ["EdgeInputCache", "EdgePlan", "CellPlan", "BatchedCellPlan", "channel_shuffle"]
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -372,6 +389,369 @@ class CellPlan:
             offset += len(states)
             states.append(s)
             caches.append(EdgeInputCache(self.readers[len(states) - 1], counters))
+        if counters:
+            with torch.no_grad():
+                torch._foreach_add_(counters, 1)
+        return states
+
+
+# -- batched edges: the edges that read one node, stacked ----------------------------------------
+def _plain_conv(m: nn.Module, depthwise: bool) -> bool:
+    """A bias-free zero-padded ``nn.Conv2d``: depthwise (groups = in = out channels) or 1x1
+    with one group."""
+    if type(m) is not nn.Conv2d or m.bias is not None or m.padding_mode != "zeros" \
+            or isinstance(m.padding, str):
+        return False
+    if depthwise:
+        return m.groups == m.in_channels == m.out_channels
+    return m.groups == 1 and m.kernel_size == (1, 1) and m.stride == (1, 1) \
+        and m.padding == (0, 0)
+
+
+def _plain_bn(m: nn.Module) -> bool:
+    return type(m) is nn.BatchNorm2d and not m.affine and m.track_running_stats
+
+
+def _conv_key(m: nn.Conv2d) -> tuple:
+    return (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation)
+
+
+class _StackedConvOp:
+    """One op type (sep or dil conv, i.e. ``act, (dw, pw, BN)`` blocks with an activation
+    between them) of the edges that read one node, as grouped convolutions over the edges'
+    stacked channels (edge-major) and one batch normalisation per block."""
+
+    def __init__(self, ops: Sequence[nn.Module], lean: bool):
+        seqs = [op.op for op in ops]
+        n = len(seqs[0])
+        self.blocks: list[tuple[list[torch.Tensor], list[torch.Tensor], int]] = []
+        self.dw: list[nn.Conv2d] = []  # edge 0's depthwise convolution of each block
+        self.bns: list[list[nn.BatchNorm2d]] = []
+        self.mid: list[nn.Module] = []  # edge 0's activation between blocks
+        for start in range(1, n, 4):
+            dws = [s[start] for s in seqs]
+            pws = [s[start + 1] for s in seqs]
+            self.dw.append(dws[0])
+            self.blocks.append(([m.weight for m in dws], [m.weight for m in pws], start))
+            self.bns.append([s[start + 2] for s in seqs])
+            if start + 3 < n:
+                self.mid.append(seqs[0][start + 3])
+        self.lean = lean
+        self.act = seqs[0][0]
+
+    @staticmethod
+    def check(ops: Sequence[nn.Module]) -> bool:
+        """Whether ``ops`` (one op type over the edges) can run stacked."""
+        seqs = []
+        for op in ops:
+            if type(op) not in (SepConv, DilConv):
+                return False
+            seqs.append(list(op.op))
+        n = len(seqs[0])
+        if n not in (4, 8) or any(len(s) != n for s in seqs):
+            return False
+        act_key = _activation_key(seqs[0][0]) if _shareable(seqs[0][0]) else None
+        for s in seqs:
+            if not _shareable(s[0]) or _activation_key(s[0]) != act_key:
+                return False
+            for start in range(1, n, 4):
+                dw, pw, bn = s[start:start + 3]
+                if not (_plain_conv(dw, True) and _plain_conv(pw, False) and _plain_bn(bn)):
+                    return False
+                if start > 1 and dw.stride != (1, 1):
+                    return False
+                if _conv_key(dw) != _conv_key(seqs[0][start]) or pw.in_channels != pw.out_channels:
+                    return False
+                if bn.eps != seqs[0][start + 2].eps:
+                    return False
+                if start + 3 < n:
+                    mid = s[start + 3]
+                    ref = seqs[0][start + 3]
+                    if type(mid) is not type(ref) or not (_shareable(mid) or type(mid) is nn.ReLU):
+                        return False
+                    if type(mid) is not nn.ReLU and _activation_key(mid) != _activation_key(ref):
+                        return False
+        return True
+
+    def __call__(self, rr: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]],
+                 momentum: float) -> torch.Tensor:
+        """``rr``: the activated input repeated once per edge (edge-major); ``stats``: each
+        block's stacked running mean and variance."""
+        y = rr
+        last = len(self.blocks) - 1
+        for b, ((dws, pws, _), dw, bns, (mean, var)) in enumerate(
+                zip(self.blocks, self.dw, self.bns, stats)):
+            y = F.conv2d(y, stack_params(dws), None, dw.stride, dw.padding, dw.dilation,
+                         y.shape[1])
+            y = F.conv2d(y, stack_params(pws), None, 1, 0, 1, len(dws))
+            y = stacked_batch_norm(y, mean, var, momentum, bns[0].eps, self.lean and b == last)
+            if b < last:
+                mid = self.mid[b]
+                y = F.relu(y, inplace=True) if type(mid) is nn.ReLU else mid(y)
+        return y
+
+
+class _StackedReduceOp:
+    """``skip_connect`` at stride 2 (FactorizedReduce) of the edges that read one node: each of
+    the two offset 1x1 convolutions as one convolution with the edges' stacked weights, their
+    halves interleaved edge by edge, one batch normalisation."""
+
+    def __init__(self, ops: Sequence[FactorizedReduce], lean: bool):
+        self.w1 = [op.conv_1.weight for op in ops]
+        self.w2 = [op.conv_2.weight for op in ops]
+        self.bns = [[op.bn for op in ops]]
+        self.act = ops[0].relu
+        self.lean = lean
+
+    @staticmethod
+    def check(ops: Sequence[nn.Module]) -> bool:
+        for op in ops:
+            if type(op) is not FactorizedReduce or not _shareable(op.relu):
+                return False
+            if _activation_key(op.relu) != _activation_key(ops[0].relu):
+                return False
+            for conv in (op.conv_1, op.conv_2):
+                if type(conv) is not nn.Conv2d or conv.bias is not None or conv.groups != 1 \
+                        or conv.kernel_size != (1, 1) or conv.stride != (2, 2) \
+                        or conv.padding != (0, 0) or conv.dilation != (1, 1):
+                    return False
+            if not _plain_bn(op.bn) or op.bn.eps != ops[0].bn.eps:
+                return False
+        return True
+
+    def __call__(self, r: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]],
+                 momentum: float) -> torch.Tensor:
+        e = len(self.w1)
+        half = self.w1[0].shape[0]
+        a = strided_1x1_weight(stack_params(self.w1), r, 0)
+        b = strided_1x1_weight(stack_params(self.w2), r, 1)
+        if e == 1:
+            y = torch.cat([a, b], 1)
+        else:
+            y = torch.cat([a.unflatten(1, (e, half)), b.unflatten(1, (e, half))], 2).flatten(1, 2)
+            if _channels_last(r) and not _channels_last(y):
+                y = y.contiguous(memory_format=torch.channels_last)
+        mean, var = stats[0]
+        return stacked_batch_norm(y, mean, var, momentum, self.bns[0][0].eps, self.lean)
+
+
+class _SharedPoolOp:
+    """Pooling + ``BatchNorm2d(affine=False)`` of the edges that read one node: pooled and
+    normalised once; the batch mean and unbiased variance come out of the kernel (given zero
+    running statistics and momentum 1), and every edge's module gets its own update from them
+    at the end of the cell (``_foreach`` kernels)."""
+
+    def __init__(self, pool: nn.Module, bns: Sequence[nn.BatchNorm2d], lean: bool):
+        self.pool = pool
+        self.bns = list(bns)
+        self.eps = bns[0].eps
+        self.lean = lean
+
+    def __call__(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        pooled = max_pool(self.pool, x) if self.lean else self.pool(x)
+        return stacked_batch_norm(pooled, mean, var, 1.0, self.eps, self.lean)
+
+
+class _Group:
+    """The edges that read one state of a batched cell: their op types, stacked or shared."""
+
+    def __init__(self, state: int, edges: Sequence[EdgePlan], targets: Sequence[int],
+                 ops: Sequence[Sequence[nn.Module]], lean: bool):
+        self.state = state
+        self.edges = list(edges)
+        self.targets = list(targets)  # the node each edge enters
+        first = self.edges[0]
+        self.stride = first.stride
+        self.partial_channels = first.partial_channels
+        #: (op index k, kind, runner): kind "identity" | "pool" (shared) | "stacked"
+        self.items: list[tuple[int, str, object]] = []
+        self.act = None
+        for k in first.active:
+            column = [o[k] for o in ops]
+            path = first.paths[k]
+            if type(path) is _IdentityPath:
+                self.items.append((k, "identity", None))
+            elif type(path) is _PoolBatchNormPath:
+                bns = [o.paths[k].pool_bn for o in self.edges]
+                if not all(_plain_bn(bn) and bn.eps == bns[0].eps for bn in bns):
+                    raise _NotBatchable("pooling BatchNorms differ")
+                self.items.append((k, "pool", _SharedPoolOp(path.pool, bns, lean)))
+            elif _StackedConvOp.check(column):
+                self.items.append((k, "stacked", _StackedConvOp(column, lean)))
+            elif _StackedReduceOp.check(column):
+                self.items.append((k, "stacked", _StackedReduceOp(column, lean)))
+            else:
+                raise _NotBatchable(f"op {first.primitives[k]!r}")
+        acts = {_activation_key(run.act) for _, kind, run in self.items if kind == "stacked"}
+        if len(acts) > 1:
+            raise _NotBatchable("different activations")
+        self.act = next((run.act for _, kind, run in self.items if kind == "stacked"), None)
+        self.slots = tuple(k for k, _, _ in self.items)
+        self.shared = tuple(kind != "stacked" for _, kind, _ in self.items)
+        #: BatchNorm groups of the stacked ops, in order (for the cell's stacked statistics)
+        self.bn_groups = [g for _, kind, run in self.items if kind == "stacked" for g in run.bns]
+        self.pools = [run for _, kind, run in self.items if kind == "pool"]
+
+
+class _NotBatchable(Exception):
+    pass
+
+
+class BatchedCellPlan:
+    """How one cell's nodes run with its edges batched (``SearchNetwork(...,
+    batched_edges=True)``): for each state, the edges that read it (2-4, of the nodes after
+    it) run each op type once over their stacked channels (edge-major): the activation once,
+    the input repeated once per edge for the depthwise convolutions (``groups`` = the stacked
+    channels), the pointwise convolutions grouped by edge, one BatchNorm per block over the
+    stacked channels (affine-free, batch statistics: exact per channel), FactorizedReduce's
+    offset convolutions as one convolution each; pooling + BN and identity are shared as in
+    :class:`CellPlan`; then one :class:`~nas_core.search_kernels.GroupMix` gives every edge's
+    weighted sum at once, and each node adds its incoming edges' sums.  The weights stay the
+    edges' own parameters (stacked inside the forward: :class:`StackParams`); the running
+    statistics of the stacked BatchNorms are concatenated once per cell forward and copied
+    back at its end (:class:`StackedRunningStats`).
+
+    Used in training mode when every BatchNorm of the batched ops is training with the same
+    ``momentum`` (not None); otherwise (eval mode, ``momentum=None``, ops it does not know:
+    planned as not batchable) the plain :class:`CellPlan` runs.  Same math as the plain
+    path (other summation order)."""
+
+    def __init__(self, mixed_ops: Sequence[nn.Module], steps: int, fuse_node_sums: bool):
+        self.plain = CellPlan(mixed_ops, steps, fuse_node_sums)
+        self.steps = steps
+        self.groups: list[_Group] | None = None
+        self.reason = ""
+        try:
+            self.groups = self._plan(mixed_ops)
+        except _NotBatchable as exc:
+            self.reason = str(exc)
+        if self.groups is not None:
+            bn_groups = [g for grp in self.groups for g in grp.bn_groups]
+            self.stats = StackedRunningStats(bn_groups)
+            self.pools = [p for grp in self.groups for p in grp.pools]
+            self.pool_sizes = [p.bns[0].num_features for p in self.pools]
+            self.modules = self.stats.modules + [bn for p in self.pools for bn in p.bns]
+            self.group_rows = [[self._edge_index(i, grp.state) for i in grp.targets]
+                               for grp in self.groups]
+            self.perm = [r for rows in self.group_rows for r in rows]
+            self._perm_cache: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def batched(self) -> bool:
+        """Whether the cell was planned batched (else always the plain plan)."""
+        return self.groups is not None
+
+    @staticmethod
+    def _edge_index(node: int, state: int) -> int:
+        return sum(2 + t for t in range(node)) + state
+
+    def _plan(self, mixed_ops: Sequence[nn.Module]) -> list[_Group]:
+        edges = self.plain.edges
+        if not all(e.active for e in edges):
+            raise _NotBatchable("an edge without ops")
+        groups = []
+        for j in range(self.steps + 1):
+            targets = [i for i in range(self.steps) if j < 2 + i]
+            idx = [self._edge_index(i, j) for i in targets]
+            group_edges = [edges[t] for t in idx]
+            if len({(e.stride, e.partial_channels, e.primitives) for e in group_edges}) != 1:
+                raise _NotBatchable("edges of one state differ")
+            groups.append(_Group(j, group_edges, targets, [mixed_ops[t]._ops for t in idx],
+                                 group_edges[0].lean))
+        return groups
+
+    def _momentum(self) -> float | None:
+        """The common momentum of the stacked BatchNorms when this forward can run batched."""
+        momentum = None
+        for bn in self.modules:
+            if not bn.training or bn.momentum is None or bn.running_mean is None:
+                return None
+            if momentum is None:
+                momentum = bn.momentum
+            elif bn.momentum != momentum:
+                return None
+        return 0.1 if momentum is None else momentum
+
+    def __call__(self, states: list[torch.Tensor], weights: torch.Tensor,
+                 edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
+        momentum = self._momentum() if self.groups is not None else None
+        if momentum is None:
+            return self.plain(states, weights, edge_weights)
+        counters: list[torch.Tensor] = []
+        dev = weights.device
+        perm = self._perm_cache.get(dev)
+        if perm is None:
+            perm = self._perm_cache[dev] = torch.tensor(self.perm, device=dev)
+        rows = weights.index_select(0, perm).split([len(r) for r in self.group_rows])
+        beta = None
+        if edge_weights is not None:
+            beta = edge_weights.index_select(0, perm).split([len(r) for r in self.group_rows])
+        means, variances = self.stats.begin()
+        stat_iter = iter(zip(means, variances))
+        pool_stats = None
+        if self.pools:  # the pools' batch statistics, written by their kernels
+            like = self.pools[0].bns[0].running_mean
+            zeros = like.new_zeros(2 * sum(self.pool_sizes)).split(self.pool_sizes * 2)
+            pool_stats = iter(zip(zeros[:len(self.pools)], zeros[len(self.pools):]))
+        incoming: list[list[torch.Tensor]] = [[] for _ in range(self.steps)]
+        for g, grp in enumerate(self.groups):
+            if g >= 2:  # state g is node g - 2: every edge entering it has run
+                parts = incoming[g - 2]
+                s = parts[0] + parts[1]
+                for p in parts[2:]:
+                    s.add_(p)
+                states.append(s)
+            x = states[grp.state]
+            k = grp.partial_channels
+            c = x.shape[1] // k
+            xs = x if k == 1 else x[:, :c]
+            cache = EdgeInputCache(grp.edges, counters)
+            ys = []
+            rr = None
+            for _, kind, run in grp.items:
+                if kind == "identity":
+                    ys.append(xs)
+                elif kind == "pool":
+                    mean, var = next(pool_stats)
+                    ys.append(run(xs, mean, var))
+                else:
+                    stats = [next(stat_iter) for _ in run.bns]
+                    r = cache.activation(_activation_key(run.act), run.act, xs)
+                    if isinstance(run, _StackedReduceOp):
+                        ys.append(run(r, stats, momentum))
+                    else:
+                        if rr is None:
+                            rr = repeat_channels(r, len(grp.edges))
+                        ys.append(run(rr, stats, momentum))
+            outs = GroupMix.apply(rows[g], grp.slots, grp.shared, *ys)
+            if k > 1:  # PC-DARTS: the bypassed channels, the shuffle, the edge weight
+                if grp.stride == 2:
+                    rest = (max_pool(None, x[:, c:], 2, 2) if grp.edges[0].lean
+                            else F.max_pool2d(x[:, c:], 2, 2))
+                else:
+                    rest = x[:, c:]
+                bw = beta[g].unbind(0)
+                outs = [channel_shuffle(torch.cat([o, rest], dim=1), k) * b
+                        for o, b in zip(outs, bw)]
+            for i, o in zip(grp.targets, outs):
+                incoming[i].append(o)
+        parts = incoming[self.steps - 1]
+        s = parts[0] + parts[1]
+        for p in parts[2:]:
+            s.add_(p)
+        states.append(s)
+        self.stats.end()
+        if self.pools:
+            with torch.no_grad():
+                dst = [bn.running_mean for p in self.pools for bn in p.bns]
+                dst += [bn.running_var for p in self.pools for bn in p.bns]
+                src = [m for p, m in zip(self.pools, zeros) for _ in p.bns]
+                src += [v for p, v in zip(self.pools, zeros[len(self.pools):]) for _ in p.bns]
+                torch._foreach_mul_(dst, 1.0 - momentum)
+                torch._foreach_add_(dst, src, alpha=momentum)
+        for bn in self.modules:
+            if bn.num_batches_tracked is not None:
+                counters.append(bn.num_batches_tracked)
         if counters:
             with torch.no_grad():
                 torch._foreach_add_(counters, 1)

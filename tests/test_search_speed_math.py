@@ -48,13 +48,13 @@ def smooth(model: torch.nn.Module) -> None:
 
 
 def twins(order: int, channels_last: bool, device="cpu", channels=8, layers=3, in_channels=3,
-          smooth_ops: bool = False):
+          smooth_ops: bool = False, batched: bool = False):
     ref_mod = load_reference()
     torch.manual_seed(0)
     ref = ref_mod.SearchNetwork(in_channels, channels, 5, layers).to(device)
     searcher = ref_mod.Searcher(ref, order=order, lr=LR, momentum=MOMENTUM, wd=WD,
                                 arch_lr=3e-4, arch_wd=1e-3)
-    ours = SearchNetwork(in_channels, channels, 5, layers)
+    ours = SearchNetwork(in_channels, channels, 5, layers, batched_edges=batched)
     ours.load_state_dict(ref.state_dict(), strict=True)
     if smooth_ops:
         smooth(ref)
@@ -412,3 +412,148 @@ def test_weighted_sum_equals_sum_of_products(channels_last: bool) -> None:
     small = [y[:2, :2, :3, :3].detach().clone().requires_grad_() for y in ys]
     assert torch.autograd.gradgradcheck(lambda w_, *ys_: WeightedSum.apply(w_, slots, *ys_),
                                         (w, *small))
+
+
+# -- batched edges (SearchNetwork(..., batched_edges=True)) against the plain path -----------------
+def _pair(partial: int = 1, layers: int = 3, dtype=torch.float64, channels_last: bool = False,
+          **kw):
+    """(plain, batched) supernets with identical parameters and buffers."""
+    torch.manual_seed(0)
+    plain = SearchNetwork(3, 8, 5, layers, partial_channels=partial, **kw)
+    batched = SearchNetwork(3, 8, 5, layers, partial_channels=partial, batched_edges=True, **kw)
+    batched.load_state_dict(plain.state_dict())
+    plain.to(dtype)
+    batched.to(dtype)
+    if channels_last:
+        plain.to(memory_format=torch.channels_last)
+        batched.to(memory_format=torch.channels_last)
+    return plain, batched
+
+
+def _steps(model, order: int, data, channels_last: bool):
+    w_opt = torch.optim.SGD(model.weight_parameters(), LR, momentum=MOMENTUM, weight_decay=WD)
+    architect = Architect(model, F.cross_entropy, w_opt, order=order, arch_lr=3e-4,
+                          arch_weight_decay=1e-3)
+    for i in range(len(data) // 2):
+        (xt, yt), (xv, yv) = data[2 * i], data[2 * i + 1]
+        search_step(model, architect, w_opt, (fmt(xt, channels_last), yt),
+                    (fmt(xv, channels_last), yv), LR, 5.0)
+    return [a.grad.clone() for a in model.arch_parameters()]
+
+
+@pytest.mark.parametrize("order,partial,channels_last", [
+    (1, 1, False), (1, 1, True), (2, 1, False), (2, 1, True), (1, 4, False), (2, 4, True)],
+    ids=["o1", "o1-cl", "o2", "o2-cl", "o1-pc4", "o2-pc4-cl"])
+def test_batched_edges_equal_plain_path_float64(order: int, partial: int,
+                                               channels_last: bool) -> None:
+    """Two whole search steps in float64 (momentum buffers, Adam moments): weights, alphas,
+    BatchNorm running statistics and the last alpha gradients of the batched path equal the
+    plain path's (measured ~1e-14)."""
+    plain, batched = _pair(partial, channels_last=channels_last)
+    assert all(cell.plan.batched for cell in batched.cells)
+    data = [(x.double(), y) for x, y in batches(4, shape=(3, 8, 8), batch=4)]
+    g_plain = _steps(plain, order, data, channels_last)
+    g_batched = _steps(batched, order, data, channels_last)
+    assert_all_close(dict(batched.named_parameters()), dict(plain.named_parameters()), 1e-8,
+                     "parameters after two float64 steps")
+    for k, v in batched.named_buffers():
+        ref = dict(plain.named_buffers())[k]
+        if k.endswith("num_batches_tracked"):
+            assert int(v) == int(ref), k
+        else:  # some running means are rounding-level numbers (means of normalised tensors)
+            torch.testing.assert_close(v, ref, rtol=1e-8, atol=1e-12, msg=k)
+    for a, b in zip(g_batched, g_plain):
+        assert rel_err(a, b) < 1e-8
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_batched_edges_equal_reference_float64(order: int) -> None:
+    """The batched path against the reference: two whole float64 steps to 1e-8."""
+    ref, searcher, ours, w_opt, architect = twins(order, False, layers=3, batched=True)
+    assert all(cell.plan.batched for cell in ours.cells)
+    ref.double()
+    ours.double()
+    data = [(x.double(), y) for x, y in batches(4, shape=(3, 8, 8), batch=4)]
+    for i in range(2):
+        (xt, yt), (xv, yv) = data[2 * i], data[2 * i + 1]
+        searcher.step(xt, yt, xv, yv)
+        search_step(ours, architect, w_opt, (xt, yt), (xv, yv), LR, 5.0)
+    assert_all_close(dict(ours.named_parameters()), dict(ref.named_parameters()), 1e-8,
+                     "parameters after two float64 steps")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_batched_edges_float32_within_reference_noise(channels_last: bool) -> None:
+    """float32: the batched path's gradients differ from the plain path's by no more than the
+    reference differs from itself with another summation order (its channels_last twin),
+    measured first on the same batch (measured: 0.9-1.1e-6 against a floor of 2.6-3.7e-6)."""
+    import copy
+    ref_mod = load_reference()
+    torch.manual_seed(0)
+    ref = ref_mod.SearchNetwork(3, 8, 5, 4)
+    ref_other = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    plain = SearchNetwork(3, 8, 5, 4)
+    plain.load_state_dict(ref.state_dict())
+    batched = SearchNetwork(3, 8, 5, 4, batched_edges=True)
+    batched.load_state_dict(ref.state_dict())
+    if channels_last:
+        plain.to(memory_format=torch.channels_last)
+        batched.to(memory_format=torch.channels_last)
+    (x, y), = batches(1)
+
+    def grads(model, inp):
+        return torch.autograd.grad(F.cross_entropy(model(inp), y), list(model.parameters()))
+
+    noise = max(rel_err(a, b) for a, b in zip(
+        grads(ref_other, x.contiguous(memory_format=torch.channels_last)), grads(ref, x)))
+    err = max(rel_err(a, b) for a, b in zip(grads(batched, fmt(x, channels_last)),
+                                            grads(plain, fmt(x, channels_last))))
+    assert 0 < noise < 1e-4
+    assert err <= noise, f"batched vs plain {err:.2e} above the reference's noise {noise:.2e}"
+
+
+def test_batched_edges_keep_the_state_dict_and_fall_back() -> None:
+    """Same state-dict keys and shapes as the plain path; eval mode, ``momentum=None`` and ops
+    the batched plan does not know run the plain plan (same outputs)."""
+    plain, batched = _pair()
+    assert [(k, v.shape) for k, v in plain.state_dict().items()] == \
+        [(k, v.shape) for k, v in batched.state_dict().items()]
+    x = batches(1, shape=(3, 8, 8), batch=4)[0][0].double()
+    plain.eval()
+    batched.eval()
+    torch.testing.assert_close(batched(x), plain(x), rtol=1e-12, atol=1e-12)
+    plain.train()
+    batched.train()
+    for m in (plain, batched):
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.momentum = None
+    torch.testing.assert_close(batched(x), plain(x), rtol=1e-12, atol=1e-12)
+    other = SearchNetwork(3, 8, 5, 3, primitives=("none", "skip_connect", "conv_7x1_1x7"),
+                          batched_edges=True)
+    assert not any(cell.plan.batched for cell in other.cells)
+    assert other(x.float()).shape == (4, 5)
+
+
+def test_group_mix_gradients() -> None:
+    """``GroupMix`` (stacked and shared outputs, a ``none`` column) against autograd's plain
+    sum of products, float64, both memory formats."""
+    from nas_core.search_kernels import GroupMix
+    g = torch.Generator().manual_seed(3)
+    for cl in (False, True):
+        e, c = 3, 4
+        w = torch.rand(e, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        stacked = torch.randn(2, e * c, 5, 5, generator=g, dtype=torch.float64)
+        shared = torch.randn(2, c, 5, 5, generator=g, dtype=torch.float64)
+        stacked, shared = fmt(stacked, cl).requires_grad_(), fmt(shared, cl).requires_grad_()
+        outs = GroupMix.apply(w, (1, 3), (False, True), stacked, shared)
+        plain = [w[i, 1] * stacked[:, i * c:(i + 1) * c] + w[i, 3] * shared for i in range(e)]
+        for o, p in zip(outs, plain):
+            torch.testing.assert_close(o, p, rtol=1e-13, atol=1e-13)
+        seeds = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in outs]
+        got = torch.autograd.grad(sum((o * s).sum() for o, s in zip(outs, seeds)),
+                                  [w, stacked, shared])
+        want = torch.autograd.grad(sum((p * s).sum() for p, s in zip(plain, seeds)),
+                                   [w, stacked, shared])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -72,7 +72,7 @@ class PathModel(torch.nn.Module):
 
 def _optimizer(cfg: dict, model: SearchNetwork) -> torch.optim.SGD:
     return torch.optim.SGD(model.weight_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                           weight_decay=cfg["weight_decay"])
+                           weight_decay=cfg["weight_decay"], foreach=True)
 
 
 class RandomWSEpochs(EpochStage):

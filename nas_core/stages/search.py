@@ -64,7 +64,7 @@ __all__ = ["run_search", "search_probe", "search_split", "alphas_document", "OUT
 def _optimizers(cfg: dict, model: SearchNetwork,
                 task: Task) -> tuple[torch.optim.Optimizer, Architect]:
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                            weight_decay=cfg["weight_decay"])
+                            weight_decay=cfg["weight_decay"], foreach=True)
     return w_opt, Architect(model, task.loss, w_opt, order=cfg["order"], arch_lr=cfg["arch_lr"],
                             arch_weight_decay=cfg["arch_weight_decay"])
 
