@@ -411,7 +411,7 @@ class GroupMix(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
-        slots, shared, e, c = ctx.slots, ctx.shared, ctx.edges, ctx.channels
+        slots, shared, e = ctx.slots, ctx.shared, ctx.edges
         saved = ctx.saved_tensors
         k = len(saved) - len(slots)
         cols, yvs = saved[:k], saved[k:]
