@@ -252,14 +252,14 @@ def test_digits_search_genotype_train_test(tmp_path):
     res = run_search(DIGITS, search_cfg, tmp_path / "search", device="cpu")
 
     alphas = json.loads((tmp_path / "search" / "alphas.json").read_text())
-    assert list(alphas) == ["format", "primitives", "steps", "multiplier", "partial_channels",
+    assert list(alphas) == ["format", "method", "primitives", "steps", "multiplier", "partial_channels",
                             "epochs", "alphas", "softmax", "weights"]
     assert len(alphas["alphas"]["normal"]) == 14 and len(alphas["alphas"]["normal"][0]) == 8
     assert all(abs(sum(row) - 1) < 1e-5 for row in alphas["softmax"]["reduce"])
     history = json.loads((tmp_path / "search" / "history.json").read_text())
     assert history["stage"] == "search" and len(history["epochs"]) == 2
     epoch = history["epochs"][-1]
-    assert set(epoch) == {"epoch", "lr", "train", "valid", "alphas", "genotype"}
+    assert set(epoch) == {"epoch", "lr", "train", "valid", "alphas", "genotype", "collapse"}
     assert set(epoch["train"]) == set(epoch["valid"]) == {"loss", "top1"}
     timings = json.loads((tmp_path / "search" / "timings.json").read_text())
     assert [t["epoch"] for t in timings["epochs"]] == [0, 1]
@@ -286,7 +286,9 @@ def test_digits_search_genotype_train_test(tmp_path):
     assert saved == json.loads(json.dumps(result))
     assert set(saved) == {"dataset", "task", "metrics", "num_samples", "batch",
                           "num_parameters", "genotype", "genotype_source", "network", "model",
-                          "data", "nas_core_version"}
+                          "data", "nas_core_version", "results_version"}
+    from nas_core import versions
+    assert saved["results_version"] == versions.of("test")
     assert saved["batch"] == {"batch_size": 256, "auto": False}
     assert saved["dataset"] == "digits" and saved["task"] == "classification"
     m = saved["metrics"]
