@@ -27,9 +27,16 @@ def _from_alphas(doc: dict, source: str, max_skip: int | None = None) -> Genotyp
         max_skip = None
     try:
         weights = doc["weights"]
-        return derive_genotype(weights["normal"], weights["reduce"],
-                               primitives=doc["primitives"], steps=int(doc["steps"]),
-                               multiplier=int(doc["multiplier"]), max_skip=max_skip)
+        args = (weights["normal"], weights["reduce"], doc["primitives"], int(doc["steps"]),
+                int(doc["multiplier"]))
+        genotype = derive_genotype(*args, max_skip=max_skip)
+        if max_skip is not None:
+            plain = derive_genotype(*args)
+            log.info("genotype.max_skip %d: %d skip connections in the derived normal cell, "
+                     "%d of its operations changed by the limit", max_skip,
+                     sum(op == "skip_connect" for op, _ in plain.normal),
+                     sum(a != b for a, b in zip(plain.normal, genotype.normal)))
+        return genotype
     except (KeyError, TypeError) as exc:
         raise StageError(f"{source}: alphas file lacks {exc}") from None
     except GenotypeError as exc:
@@ -129,12 +136,6 @@ def run_genotype(source: str | Path, output: str | Path, *,
     :func:`load_genotype_source`; ``max_skip``: ``genotype.max_skip``); returns the
     genotype."""
     genotype = load_genotype_source(source, max_skip=max_skip)
-    if max_skip is not None:
-        plain = load_genotype_source(source)
-        changed = sum(a != b for a, b in zip(plain.normal, genotype.normal))
-        log.info("genotype.max_skip %d: %d skip connections in the derived normal cell, %d "
-                 "of its operations changed by the limit", max_skip,
-                 sum(op == "skip_connect" for op, _ in plain.normal), changed)
     atomic_write_text(output, genotype.to_json())
     log.info("genotype from %s: %s -> %s", source, genotype.to_legacy(), output)
     return genotype

@@ -33,7 +33,6 @@ from typing import Any, Sequence
 import torch
 
 from nas_core import collapse
-from nas_core.collapse import RDARTS_K
 from nas_core.alpha_stats import moved_line
 from nas_core.architect import Architect
 from nas_core.checkpoint import atomic_torch_save
@@ -155,7 +154,7 @@ class _Search(EpochStage):
             if self.stopper.hessian:
                 self.snapshots[epoch] = [p.detach().cpu().clone()
                                          for p in self.model.arch_parameters()]
-                for old in sorted(self.snapshots)[:-(RDARTS_K + 1)]:
+                for old in sorted(self.snapshots)[:-(collapse.RDARTS_K + 1)]:
                     del self.snapshots[old]
         values = [v for _, v in self.eigenvalues] if eigenvalue is not None else ()
         decision = self.stopper.update(epoch, record["genotype"], self.eigenvalues,
