@@ -13,6 +13,11 @@ train-mode forwards, three of them at perturbed weights (the original updates th
 statistics three times); here every BatchNorm buffer is saved before and restored after, so the
 second-order arch step leaves the running statistics untouched.
 
+A penalty on the alphas (``Architect.penalty``, e.g. beta-DARTS' term of
+:mod:`nas_core.guards`) adds ``penalty_weight * grad penalty(alphas)`` to the alpha gradient of
+either order: the outer objective is ``L_val + penalty_weight * penalty``, whose second term
+depends on the alphas only (``alphas_normal``, ``alphas_reduce``; not PC-DARTS' betas).
+
 Both orders differentiate each loss once (the Hessian-vector product is a finite difference),
 so they run on the supernet's lean BatchNorm (``SearchNetwork(..., lean_batchnorm=True)``, the
 default); only code that differentiates twice (``create_graph=True``) needs
@@ -78,6 +83,10 @@ class Architect:
         #: this rank's part of a batch into those of the global batch, in place (called after
         #: every differentiation, before any use; None: one process)
         self.grad_reduce: Callable[[list[torch.Tensor], str], None] | None = None
+        #: a differentiable function of the operation alphas (normal, reduce) added to the
+        #: validation loss with ``penalty_weight`` (module docstring); None: none
+        self.penalty: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+        self.penalty_weight = 0.0
         self.arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr,
                                                betas=arch_betas, weight_decay=arch_weight_decay)
 
@@ -104,6 +113,11 @@ class Architect:
         else:
             with frozen_batchnorm_stats(self.model):
                 val_loss, grads = self._unrolled_grads(x_train, y_train, x_val, y_val, lr)
+        if self.penalty is not None:  # the same on every rank: after the reduction
+            ops = alphas[:2]
+            with torch.enable_grad():
+                extra = _grad(self.penalty(ops), ops)
+            grads[:2] = [g + self.penalty_weight * e for g, e in zip(grads[:2], extra)]
         self.arch_optimizer.zero_grad(set_to_none=True)
         for a, g in zip(alphas, grads):
             a.grad = g
@@ -168,19 +182,23 @@ class Architect:
 def search_step(model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 batch_train: tuple[torch.Tensor, torch.Tensor],
                 batch_val: tuple[torch.Tensor, torch.Tensor], lr: float,
-                grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                grad_clip: float | None,
+                perturbation: Callable[[nn.Module], contextlib.AbstractContextManager] | None
+                = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Arch step on ``batch_val``, then a weight step on ``batch_train``.
 
     Weight gradients are clipped to norm ``grad_clip`` (weights only; None or <= 0: no clipping);
-    ``lr`` should be ``w_optimizer``'s current learning rate.  Returns the detached train loss
-    and logits.
+    ``lr`` should be ``w_optimizer``'s current learning rate.  ``perturbation(model)``: the
+    context the weight step's forward runs in (SDARTS-RS, :class:`nas_core.guards.
+    RandomSmoothing`; None: the plain forward).  Returns the detached train loss and logits.
     """
     x_train, y_train = batch_train
     x_val, y_val = batch_val
     architect.step(x_train, y_train, x_val, y_val, lr)
     weights = [p for p in model.weight_parameters() if p.requires_grad]
     w_optimizer.zero_grad(set_to_none=True)
-    logits = model(x_train)
+    with perturbation(model) if perturbation is not None else contextlib.nullcontext():
+        logits = model(x_train)
     loss = architect.loss_fn(logits, y_train)
     # autograd.grad and assigning .grad: the same gradients as loss.backward(inputs=weights)
     # without one AccumulateGrad (and its detach) per weight tensor

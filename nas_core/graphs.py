@@ -47,12 +47,13 @@ class EagerSearchStep:
 
     def __init__(self, model: nn.Module, architect: Architect,
                  w_optimizer: torch.optim.Optimizer, grad_clip: float | None,
-                 amp_dtype: torch.dtype | None = None):
+                 amp_dtype: torch.dtype | None = None, perturbation=None):
         self.model = model
         self.architect = architect
         self.w_optimizer = w_optimizer
         self.grad_clip = grad_clip
         self.amp_dtype = amp_dtype
+        self.perturbation = perturbation
         self.device = next(model.parameters()).device
 
     def __call__(self, batch_train: Batch, batch_val: Batch,
@@ -61,16 +62,23 @@ class EagerSearchStep:
                else torch.autocast(device_type=self.device.type, dtype=self.amp_dtype))
         with ctx:
             return search_step(self.model, self.architect, self.w_optimizer, batch_train,
-                               batch_val, lr, self.grad_clip)
+                               batch_val, lr, self.grad_clip, self.perturbation)
 
 
 def make_search_step(model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
                      grad_clip: float | None, amp_dtype: torch.dtype | None = None, *,
-                     cuda_graphs: bool = False) -> "EagerSearchStep | GraphedSearchStep":
+                     cuda_graphs: bool = False,
+                     perturbation=None) -> "EagerSearchStep | GraphedSearchStep":
     """The search step object: graphed when ``cuda_graphs``, else eager.  Build it after a
-    checkpoint is restored (the graphed step switches the arch optimizer's state)."""
-    cls = GraphedSearchStep if cuda_graphs else EagerSearchStep
-    return cls(model, architect, w_optimizer, grad_clip, amp_dtype)
+    checkpoint is restored (the graphed step switches the arch optimizer's state).
+    ``perturbation``: that of the weight step (:func:`nas_core.architect.search_step`; eager
+    only: its noise is drawn on the host)."""
+    if cuda_graphs:
+        if perturbation is not None:
+            raise ValueError("sdarts_epsilon: not with cuda_graphs (the weight step's noise is "
+                             "drawn on the host every step)")
+        return GraphedSearchStep(model, architect, w_optimizer, grad_clip, amp_dtype)
+    return EagerSearchStep(model, architect, w_optimizer, grad_clip, amp_dtype, perturbation)
 
 
 def _signature(*tensors: torch.Tensor) -> tuple:
@@ -78,14 +86,14 @@ def _signature(*tensors: torch.Tensor) -> tuple:
 
 
 def _graph_key(signature: tuple, optimizers: tuple[torch.optim.Optimizer, ...],
-               grad_clip: float | None, lr: float) -> tuple:
+               grad_clip: float | None, lr: float, penalty_weight: float = 0.0) -> tuple:
     """What a captured step bakes in: the batch layout, every plain hyperparameter of every
-    optimizer group (the epoch's learning rates, momentum, weight decay, ...), the clip and the
-    ``lr`` of the second-order virtual step."""
+    optimizer group (the epoch's learning rates, momentum, weight decay, ...), the clip, the
+    ``lr`` of the second-order virtual step and the weight of the alphas' penalty."""
     hyper = tuple(tuple((k, v) for k, v in sorted(g.items())
                         if k != "params" and isinstance(v, (bool, int, float, str, tuple)))
                   for opt in optimizers for g in opt.param_groups)
-    return signature, hyper, grad_clip, float(lr)
+    return signature, hyper, grad_clip, float(lr), float(penalty_weight)
 
 
 class GraphedSearchStep:
@@ -182,7 +190,8 @@ class GraphedSearchStep:
             torch.cuda.current_stream().wait_stream(self._side)
             return out
         key = _graph_key(_signature(*tensors),
-                         (self.w_optimizer, self.architect.arch_optimizer), self.grad_clip, lr)
+                         (self.w_optimizer, self.architect.arch_optimizer), self.grad_clip, lr,
+                         self.architect.penalty_weight)
         if self._graph is not None and key[0] != self._key[0] \
                 and tensors[0].shape[0] <= self._inputs[0].shape[0]:
             return self._eager(batch_train, batch_val, lr)  # an epoch's last, smaller batch

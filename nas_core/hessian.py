@@ -76,10 +76,13 @@ def plain_twin(model) -> torch.nn.Module:
                          model.steps, model.multiplier,
                          stem_multiplier=model.stem[0].out_channels // model.channels,
                          primitives=model.primitives, partial_channels=model.partial_channels,
-                         lean_batchnorm=False, fuse_node_sums=False)
+                         lean_batchnorm=False, fuse_node_sums=False,
+                         aux_skip=model.aux_skip is not None)
     ref = next(model.parameters())
     twin = twin.to(device=ref.device, dtype=ref.dtype)
     twin.load_state_dict(model.state_dict())
+    if model.aux_skip is not None:  # a buffer outside the state dict
+        twin.set_aux_skip(model.aux_skip)
     return twin.train()
 
 

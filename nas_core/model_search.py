@@ -34,6 +34,14 @@ computation (grouped convolutions, one BatchNorm per block, one fused weighted s
 third of the ATen operators per step; same parameters (state dict unchanged) and the same math
 (tests/test_search_speed_math.py).  Off by default: on the CPU the plain path is faster.
 
+Collapse guards (:mod:`nas_core.guards`): ``SearchNetwork(..., aux_skip=True)`` adds DARTS-'s
+auxiliary skip connection to every edge, with the weight :attr:`SearchNetwork.aux_skip_weight`
+(set by :meth:`SearchNetwork.set_aux_skip`; :mod:`nas_core.guards` decays it from 1 to 0): the
+edge computes ``sum_k w_k op_k(x) + beta * skip(x)``, which is the mixed op with ``beta`` added to
+the ``skip_connect`` weight (the identity on stride-1 edges; on the reduction cell's stride-2
+edges the skip op's own FactorizedReduce).  :meth:`SearchNetwork.perturbed` (SDARTS-RS) runs
+the forwards inside it on ``softmax(alpha) + noise``, clipped back to the simplex.
+
 Memory switch: ``SearchNetwork(..., recompute=True)`` runs cells under activation
 recomputation (:func:`nas_core.recompute.checkpointed`) in training mode with gradients on:
 the forward keeps only such a cell's inputs, the backward runs the cell again.  Same
@@ -44,7 +52,8 @@ trailing ones that do not raise the peak, :func:`nas_core.recompute.recompute_pl
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import contextlib
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -59,12 +68,25 @@ from nas_core.search_paths import (BatchedCellPlan, CellPlan, EdgeInputCache, Ed
                                    channel_shuffle)
 
 __all__ = ["SearchNetwork", "SearchCell", "MixedOp", "EdgeInputCache", "channel_shuffle",
-           "num_edges"]
+           "num_edges", "clip_to_simplex"]
 
 
 def num_edges(steps: int) -> int:
     """Number of mixed-op edges in a cell with ``steps`` intermediate nodes."""
     return sum(2 + i for i in range(steps))
+
+
+def clip_to_simplex(w: torch.Tensor) -> torch.Tensor:
+    """Each row of ``w`` clamped to [0, 1] and divided by its sum (SDARTS' projection of the
+    perturbed weights); a row that clamps to all zeros becomes one-hot at its largest entry."""
+    top = w.argmax(dim=-1)
+    w = w.clamp(0.0, 1.0)
+    total = w.sum(dim=-1, keepdim=True)
+    empty = total == 0
+    if bool(empty.any()):
+        w = torch.where(empty, F.one_hot(top, w.shape[-1]).to(w.dtype), w)
+        total = w.sum(dim=-1, keepdim=True)
+    return w / total
 
 
 def _edge_softmax(betas: torch.Tensor, steps: int) -> torch.Tensor:
@@ -187,7 +209,9 @@ class SearchNetwork(RecomputedCells, nn.Module):
     module docstring): ``lean_batchnorm=False`` is needed only to differentiate twice through
     the network (``create_graph=True``); the DARTS second-order step does not (finite
     differences).  ``batched_edges``: the edges that read one node run stacked (module
-    docstring; plain path when False, the default).  ``recompute``: cells' activations are recomputed in the backward pass
+    docstring; plain path when False, the default).  ``aux_skip``: DARTS-'s auxiliary skip
+    connection on every edge (module docstring; needs ``skip_connect`` among the
+    primitives).  ``recompute``: cells' activations are recomputed in the backward pass
     instead of kept (training mode with gradients on; see the module docstring and
     :attr:`recompute_cells`): less memory, one more forward of those cells per backward, same
     results.
@@ -197,7 +221,8 @@ class SearchNetwork(RecomputedCells, nn.Module):
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3,
                  primitives: Iterable[str] = PRIMITIVES, partial_channels: int = 1, *,
                  lean_batchnorm: bool = True, fuse_node_sums: bool = True,
-                 batched_edges: bool = False, recompute: bool = False):
+                 batched_edges: bool = False, recompute: bool = False,
+                 aux_skip: bool = False):
         super().__init__()
         primitives = tuple(primitives)
         for name, value in (("in_channels", in_channels), ("channels", channels),
@@ -215,6 +240,9 @@ class SearchNetwork(RecomputedCells, nn.Module):
         if channels % partial_channels:
             raise ValueError(f"partial_channels={partial_channels} must divide "
                              f"channels={channels}")
+        if aux_skip and "skip_connect" not in primitives:
+            raise ValueError(f"aux_skip needs skip_connect among the primitives, got "
+                             f"{primitives!r}")
         self.in_channels = in_channels
         self.channels = channels
         self.num_outputs = num_outputs
@@ -250,6 +278,14 @@ class SearchNetwork(RecomputedCells, nn.Module):
         else:
             self.betas_normal = None
             self.betas_reduce = None
+        #: DARTS-: the auxiliary skip's weight (1 to start with, as in DARTS-) in the
+        #: skip_connect column of a row added to the mixing weights (a non-persistent buffer:
+        #: the state dict is unchanged), or None when off
+        self._skip_index = primitives.index("skip_connect") if aux_skip else None
+        column = (F.one_hot(torch.tensor(self._skip_index), n_ops).float() if aux_skip
+                  else None)
+        self.register_buffer("aux_skip_weight", column, persistent=False)
+        self._noise: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def lean_batchnorm(self) -> bool:
@@ -265,6 +301,30 @@ class SearchNetwork(RecomputedCells, nn.Module):
     def batched_edges(self) -> bool:
         """Whether each cell runs the edges that read one node stacked (constructor)."""
         return self._batched_edges
+
+    def set_aux_skip(self, beta: float) -> None:
+        """DARTS-'s auxiliary skip weight ``beta`` (in place: a captured CUDA graph sees it)."""
+        if self.aux_skip_weight is None:
+            raise ValueError("set_aux_skip: the supernet was built without aux_skip")
+        with torch.no_grad():
+            self.aux_skip_weight.zero_()
+            self.aux_skip_weight[self._skip_index] = beta
+
+    @property
+    def aux_skip(self) -> float | None:
+        """The auxiliary skip weight now, or None when the supernet has none."""
+        w = self.aux_skip_weight
+        return None if w is None else float(w[self._skip_index])
+
+    @contextlib.contextmanager
+    def perturbed(self, noise: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Forwards inside run on ``clip_to_simplex(softmax(alpha) + noise)`` per cell type
+        (``noise``: normal, reduce; edges x ops), detached from the alphas (SDARTS-RS)."""
+        self._noise = (noise[0], noise[1])
+        try:
+            yield
+        finally:
+            self._noise = None
 
     def replan(self) -> None:
         """Plan every cell and mixed op anew from the current submodules and their settings:
@@ -325,6 +385,11 @@ class SearchNetwork(RecomputedCells, nn.Module):
                              f"{tuple(x.shape)}")
         x = pad_to_multiple(x, self.size_multiple)
         w_normal, w_reduce = self._mixing_weights()
+        if self._noise is not None:
+            w_normal, w_reduce = (clip_to_simplex(w.detach() + n.to(w))
+                                  for w, n in zip((w_normal, w_reduce), self._noise))
+        if self.aux_skip_weight is not None:
+            w_normal, w_reduce = w_normal + self.aux_skip_weight, w_reduce + self.aux_skip_weight
         e_normal, e_reduce = self._edge_mixing_weights()
         recompute = self._recompute_cells if recompute_active(self) else ()
         s0 = s1 = self.stem(x)

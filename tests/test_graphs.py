@@ -141,6 +141,7 @@ def test_graph_key_follows_what_the_capture_bakes_in() -> None:
     assert _graph_key(_signature(x[:3], y[:3]), opts, 5.0, 0.025) != key
     assert _graph_key(_signature(x, y), opts, 1.0, 0.025) != key
     assert _graph_key(_signature(x, y), opts, 5.0, 0.02) != key  # the virtual step's lr
+    assert _graph_key(_signature(x, y), opts, 5.0, 0.025, 0.5) != key  # beta-DARTS' weight
     w_opt.param_groups[0]["lr"] = 0.02  # the next epoch of the cosine schedule
     assert _graph_key(_signature(x, y), opts, 5.0, 0.025) != key
     _make_capturable(architect.arch_optimizer)
