@@ -30,6 +30,8 @@ __all__ = [
     "TEST_DEFAULTS",
     "SELECT_DEFAULTS",
     "STAGES",
+    "GUARD_KEYS",
+    "ROBUST_PRESET",
     "NON_RESULT_KEYS",
     "search_seeds",
     "defaults",
@@ -223,6 +225,24 @@ SPECS: dict[str, dict[str, Key]] = {
                                                  "1/0.75 of its value 5 measurements before, "
                                                  "and keep the alphas of that measurement "
                                                  "(needs hessian_every)", neutral=False),
+        "beta_decay": Key(0.0, "float", "beta-DARTS (Ye et al. 2022): weight of the "
+                                        "Beta-Decay term (mean logsumexp of each edge's "
+                                        "alphas) in the alpha step's loss at the end of the "
+                                        "search, ramped linearly from 0 (weight = beta_decay "
+                                        "x epoch / epochs; the paper: 25 over 50 epochs); "
+                                        "0 = off (nas_core.guards)", minimum=0, neutral=0.0),
+        "aux_skip": Key(False, "bool", "DARTS- (Chu et al. 2021): an auxiliary skip "
+                                       "connection on every edge, weight 1 - epoch / epochs "
+                                       "(needs skip_connect among the primitives; "
+                                       "nas_core.guards)", neutral=False),
+        "sdarts_epsilon": Key(0.0, "float", "SDARTS-RS (Chen & Hsieh 2020): the weight step "
+                                            "runs on softmax(alpha) plus uniform noise in "
+                                            "[-eps, eps], eps ramped from 0.03 to this value "
+                                            "(the paper: 0.3); 0 = off (nas_core.guards)",
+                              minimum=0, maximum=1, neutral=0.0),
+        "robust": Key(False, "bool", "the robust preset: the guards of ROBUST_PRESET "
+                                     "(nas_core.config; config/README.md) for every one of "
+                                     "their keys this block does not set", neutral=False),
         "max_steps_per_epoch": _MAX_STEPS,
         "checkpoint_every_steps": _CKPT_EVERY,
         "amp": _AMP,
@@ -471,6 +491,10 @@ def validate_stage_cfg(stage: str, cfg: Mapping[str, Any] | None) -> dict[str, A
     out = {}
     for key, spec in specs.items():
         out[key] = _check_value(stage, key, spec, cfg.get(key, spec.default))
+    if stage == "search" and out["robust"]:  # the preset under what the block sets itself
+        for key, value in ROBUST_PRESET.items():
+            if key not in cfg:
+                out[key] = _check_value(stage, key, specs[key], value)
     if "lr_min" in out and out["lr_min"] > out["lr"]:
         raise ConfigError(f"{stage}.lr_min: {out['lr_min']!r} is larger than "
                           f"{stage}.lr {out['lr']!r}")
@@ -481,6 +505,10 @@ def validate_stage_cfg(stage: str, cfg: Mapping[str, Any] | None) -> dict[str, A
         if out["early_stop_hessian"] and not out["hessian_every"]:
             raise ConfigError("search.early_stop_hessian: needs search.hessian_every > 0 (the "
                               "eigenvalue it watches)")
+        for key in GUARD_KEYS:
+            if out["method"] != "darts" and not specs[key].at_neutral(out[key]):
+                raise ConfigError(f"search.{key}: a guard of the DARTS search, not for "
+                                  f"search.method {out['method']}")
         if out["method"] == "random_ws" and out["partial_channels"] > 1:
             raise ConfigError(f"search.partial_channels: {out['partial_channels']} is not for "
                               f"search.method random_ws (single paths of the plain supernet; "
@@ -489,6 +517,16 @@ def validate_stage_cfg(stage: str, cfg: Mapping[str, Any] | None) -> dict[str, A
             raise ConfigError(f"search.partial_channels: {out['partial_channels']} does not "
                               f"divide search.init_channels {out['init_channels']}")
     return out
+
+
+#: the search keys that guard a DARTS search against collapse while it runs (nas_core.guards,
+#: nas_core.early_stop)
+GUARD_KEYS = ("beta_decay", "aux_skip", "sdarts_epsilon", "early_stop_skips",
+              "early_stop_stable", "early_stop_hessian")
+
+#: ``search.robust: true``: these values for the keys the block leaves unset (the measurements
+#: behind the choice: benchmarks/README.md, "Collapse")
+ROBUST_PRESET: dict[str, Any] = {"beta_decay": 25.0, "sdarts_epsilon": 0.3}
 
 
 def _schema_of(spec: Key) -> dict[str, Any]:

@@ -76,8 +76,10 @@ def _assert_ok(proc: subprocess.CompletedProcess) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("method,extra", [
     ("darts", {}), ("random_ws", {}),
-    # the eigenvalues so far (R-DARTS' rule reads them) travel in the checkpoint
-    ("darts", {"hessian_every": 1, "hessian_batches": 1})], ids=["darts", "random_ws", "hessian"])
+    # the eigenvalues so far (R-DARTS' rule reads them) and SDARTS-RS' generator travel in
+    # the checkpoint; beta-DARTS' and DARTS-'s weights follow the epoch
+    ("darts", {"hessian_every": 1, "hessian_batches": 1, "beta_decay": 10.0, "aux_skip": True,
+               "sdarts_epsilon": 0.3})], ids=["darts", "random_ws", "guarded"])
 def test_search_killed_and_restarted_is_bit_identical(tmp_path, method, extra):
     cfg = dict(SEARCH_KILL, method=method, candidates=3, **extra)
     ref = tmp_path / "ref"

@@ -42,10 +42,11 @@ from nas_core.distributed import data_parallel
 from nas_core.early_stop import EarlyStop
 from nas_core.fileio import atomic_write_json
 from nas_core.graphs import make_search_step
+from nas_core.guards import Guards
 from nas_core.hessian import supernet_eigenvalue
 from nas_core.memory import Probe
 from nas_core.model_search import SearchNetwork
-from nas_core.stages.common import SeededDataset, epoch_batches, state_dict_cpu
+from nas_core.stages.common import SeededDataset, derive_seed, epoch_batches, state_dict_cpu
 from nas_core.stages.driver import Recipe, drive
 from nas_core.stages.loop import EpochStage
 from nas_core.stages.random_cell import run_random_cell
@@ -77,7 +78,9 @@ def search_probe(cfg: dict, bundle: DataBundle, runtime: Runtime) -> Probe:
     def run(batch: int) -> None:
         model = search_network(cfg, bundle, runtime)
         w_opt, architect = _optimizers(cfg, model, task)
-        step = make_search_step(model, architect, w_opt, cfg["grad_clip"], runtime.amp_dtype)
+        guards = Guards(cfg, model, architect, derive_seed(cfg["seed"], "sdarts"))
+        step = make_search_step(model, architect, w_opt, cfg["grad_clip"], runtime.amp_dtype,
+                                perturbation=guards.perturbation)
         data = [runtime.batch(torch.randn(batch, bundle.in_channels, *bundle.input_size),
                               task.random_targets(batch, bundle.num_outputs)) for _ in range(2)]
         for _ in range(2):
@@ -104,6 +107,8 @@ class _Search(EpochStage):
         self.eigenvalues: list[list] = []
         self._hessian_data: list[Batch] | None = None
         self.stopper = EarlyStop(cfg)
+        #: beta-DARTS, DARTS-, SDARTS-RS (their weights set per epoch; checkpointed)
+        self.guards = Guards(cfg, model, architect, derive_seed(cfg["seed"], "sdarts"))
         #: the alphas at the last measurements, for R-DARTS' early stop (checkpointed)
         self.snapshots: dict[int, list[torch.Tensor]] = {}
         if runtime.world.size > 1:
@@ -116,7 +121,8 @@ class _Search(EpochStage):
         try:
             self.search_step = make_search_step(
                 self.model, self.architect, self.optimizer, self.cfg["grad_clip"],
-                self.runtime.amp_dtype, cuda_graphs=self.cfg["cuda_graphs"])
+                self.runtime.amp_dtype, cuda_graphs=self.cfg["cuda_graphs"],
+                perturbation=self.guards.perturbation)
         except ValueError as e:
             raise ConfigError(f"search.{e}") from None
 
@@ -124,6 +130,9 @@ class _Search(EpochStage):
         bs, seed = self.cfg["batch_size"], self.cfg["seed"]
         return (epoch_batches(self.w_idx, bs, seed, epoch, "search-weights"),
                 epoch_batches(self.a_idx, bs, seed, epoch, "search-alphas"))
+
+    def begin_epoch(self, epoch: int) -> dict[str, Any]:
+        return self.guards.begin_epoch(epoch)
 
     def step(self, batches: Sequence[Batch], lr: float, shares: Sequence[float]):
         weights, alphas = batches
@@ -198,12 +207,14 @@ class _Search(EpochStage):
     def state(self) -> dict[str, Any]:
         return {"eigenvalues": [list(e) for e in self.eigenvalues],
                 "early_stop": self.stopper.state(),
-                "alpha_snapshots": [[k, v] for k, v in sorted(self.snapshots.items())]}
+                "alpha_snapshots": [[k, v] for k, v in sorted(self.snapshots.items())],
+                **self.guards.state()}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.eigenvalues = [[int(e), float(v)] for e, v in ckpt.get("eigenvalues", ())]
         self.stopper.load(ckpt.get("early_stop"))
         self.snapshots = {int(k): v for k, v in ckpt.get("alpha_snapshots", ())}
+        self.guards.load(ckpt)
 
 
 class _SearchRecipe(Recipe):

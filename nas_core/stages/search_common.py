@@ -46,7 +46,8 @@ def search_network(cfg: dict, bundle: DataBundle, runtime: Runtime) -> SearchNet
     return runtime.model(SearchNetwork(
         bundle.in_channels, cfg["init_channels"], bundle.num_outputs, cfg["layers"],
         steps=cfg["steps"], multiplier=cfg["multiplier"],
-        partial_channels=cfg["partial_channels"], recompute=cfg["recompute"]))
+        partial_channels=cfg["partial_channels"], recompute=cfg["recompute"],
+        aux_skip=cfg["aux_skip"]))
 
 
 def _head(model: SearchNetwork, epochs: int, method: str) -> dict[str, Any]:
