@@ -72,6 +72,24 @@ class EarlyStop:
                     f"{RDARTS_K} measurements; the alphas of epoch {keep + 1} are kept")}
         return self.decision
 
+    @classmethod
+    def replay(cls, history: dict, rules: dict) -> tuple[dict | None, dict]:
+        """The decision of ``rules`` (early-stop keys) over the epochs of an unstopped
+        search's ``history.json`` and the genotype the stopped search would have written (the
+        kept epoch's; the last epoch's when it never stops).  A search that stops is the
+        unstopped one cut short, so this is what it computes, without running it."""
+        stopper, eigenvalues = cls(rules), []
+        epochs = history["epochs"]
+        for rec in epochs:
+            value = rec.get("collapse", {}).get("hessian_eigenvalue")
+            if value is not None:
+                eigenvalues.append([int(rec["epoch"]), float(value)])
+            decision = stopper.update(int(rec["epoch"]), rec["genotype"], eigenvalues,
+                                      measured=value is not None)
+            if decision is not None:
+                return decision, epochs[decision["keep"]]["genotype"]
+        return None, epochs[-1]["genotype"]
+
     def state(self) -> dict[str, Any]:
         return {"unchanged": self.unchanged, "last": self.last, "decision": self.decision}
 

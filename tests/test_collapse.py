@@ -249,6 +249,15 @@ def test_a_stopped_search_ends_early_and_a_resumed_one_stops_alike(tmp_path):
     assert history["early_stop"]["epoch"] == history["early_stop"]["keep"] == 1
     assert json.loads((ref / "alphas.json").read_text())["epochs"] == 2
     assert result["genotype"] == history["epochs"][-1]["genotype"]
+    # the same rule replayed on the epochs of the search that did not stop
+    from nas_core.early_stop import EarlyStop
+    plain = tmp_path / "plain"
+    run_search({"name": "digits"}, {**cfg, "early_stop_stable": None}, plain, device="cpu")
+    full = json.loads((plain / "history.json").read_text())
+    assert len(full["epochs"]) == 4
+    decision, genotype = EarlyStop.replay(full, {"early_stop_stable": 1})
+    assert decision == history["early_stop"] and genotype == result["genotype"]
+    assert EarlyStop.replay(full, {}) == (None, full["epochs"][-1]["genotype"])
 
     out = tmp_path / "killed"
     args = ["search", "--dataset", "digits", *_sets("search", cfg), "--out", str(out),
