@@ -1,4 +1,4 @@
-"""Does the search beat a random cell at the same budget?  Every search method on ``synthetic``.
+"""Does the search beat a random cell at the same budget?  Every search method and guard.
 
 Methods (``search.method`` and its switches): ``darts1`` (first order), ``darts2`` (second
 order), ``pcdarts`` (first order, partial channels), ``random_ws`` (random search with weight
@@ -10,6 +10,22 @@ is judged against.  Every cell runs the project's own stages, on the CPU, in its
 for every final cell (the train block's seed fixed, so cells differ only by their search).  A
 stage whose output exists is not run again, and an interrupted stage resumes from its
 checkpoint: rerun the same command to continue.
+
+Guards against collapse (config/README.md, "Collapse"): ``beta_darts``, ``darts_minus``, ``sdarts_rs`` and
+``robust`` are first-order DARTS searches with ``search.beta_decay``, ``aux_skip``,
+``sdarts_epsilon`` or the ``robust`` preset.  ``max_skip``, ``es_skips``, ``es_stable`` and
+``es_hessian`` search nothing of their own: they read ``darts1``'s search of the same seed, the
+first through the genotype rule with ``genotype.max_skip`` (P-DARTS), the others by replaying
+their early-stop rule on its recorded epochs (:meth:`nas_core.early_stop.EarlyStop.replay`: a
+search that stops is the unstopped one cut short, so the replay is what it computes; the
+search seconds are ``darts1``'s times the share of epochs it would have run).
+``--hessian-every K`` measures the Hessian's dominant eigenvalue every K epochs in the searches
+of ``--hessian-methods`` (default darts1, which the ``es_hessian`` row and the curves read; a
+measurement costs about as much as an epoch on the CPU).  ``--dataset`` picks the task
+(``synthetic`` by default, ``digits`` for the long search: on ``synthetic`` plain DARTS does
+not collapse, benchmarks/README.md).  Each ``darts1`` search's curves (skip connections,
+movement, entropy and eigenvalue per epoch, :func:`nas_core.report.curves_figure`) are written
+to ``--out/curves_darts1_seed{N}.png``.
 
 It prints one table (method, cells, test top-1 mean +- std, search wall seconds, parameter-free
 operations in the normal cell (wall seconds of the whole search stage: a resumed search
@@ -44,6 +60,18 @@ METHODS = {
     "pcdarts": {"method": "darts", "order": 1, "partial_channels": 2},
     "random_ws": {"method": "random_ws"},
     "random": {"method": "random"},
+    "beta_darts": {"method": "darts", "order": 1, "beta_decay": 25.0},
+    "darts_minus": {"method": "darts", "order": 1, "aux_skip": True},
+    "sdarts_rs": {"method": "darts", "order": 1, "sdarts_epsilon": 0.3},
+    "robust": {"method": "darts", "order": 1, "robust": True},
+}
+#: rows that read darts1's search of the same seed (module docstring): a genotype option or
+#: early-stop keys (the papers' values; DARTS+ stability shortened from 10 of 50 epochs)
+DERIVED = {
+    "max_skip": {"max_skip": 2},
+    "es_skips": {"early_stop_skips": 2},
+    "es_stable": {"early_stop_stable": 5},
+    "es_hessian": {"early_stop_hessian": True},
 }
 
 #: the search budget shared by every method (60 steps of batch 64: a tenth of a full epoch
@@ -58,6 +86,24 @@ TRAIN = {"epochs": 6, "batch_size": 64, "layers": 5, "init_channels": 8, "lr": 0
 REFERENCE_SEED0 = 1000
 
 
+def _derived_genotype(label: str, source: Path, genotype: Path) -> float:
+    """A DERIVED row's genotype from ``source`` (darts1's cell folder); returns the share of
+    the search's epochs it ran."""
+    from nas_core.early_stop import EarlyStop
+    from nas_core.genotypes import Genotype
+    from nas_core.stages import run_genotype
+
+    rules = DERIVED[label]
+    if "max_skip" in rules:
+        run_genotype(source / "search" / "alphas.json", genotype, max_skip=rules["max_skip"])
+        return 1.0
+    history = json.loads((source / "search" / "history.json").read_text())
+    decision, cell = EarlyStop.replay(history, rules)
+    Genotype.from_dict(cell).save(genotype)
+    ran = len(history["epochs"]) if decision is None else decision["epoch"] + 1
+    return ran / len(history["epochs"])
+
+
 def run_cell(label: str, seed: int, data: dict, search: dict, train: dict, out: str,
              threads: int) -> dict:
     """One cell through the stages (resumable); its record for the table."""
@@ -69,15 +115,21 @@ def run_cell(label: str, seed: int, data: dict, search: dict, train: dict, out: 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
     folder = Path(out) / label / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
     cfg = {**search, "seed": seed}
-    wall = folder / "search_wall_seconds.json"  # the whole search stage, scoring included
-    if not (folder / "search" / "alphas.json").is_file():
+    source = Path(out) / "darts1" / f"seed{seed}" if label in DERIVED else folder
+    wall = source / "search_wall_seconds.json"  # the whole search stage, scoring included
+    if not (source / "search" / "alphas.json").is_file():
         t0 = time.perf_counter()
-        run_search(data, cfg, folder / "search", device="cpu")
+        run_search(data, cfg, source / "search", device="cpu")
         wall.write_text(json.dumps(time.perf_counter() - t0))
     genotype = folder / "genotype.json"
+    share = folder / "search_share.json"
     if not genotype.is_file():
-        run_genotype(folder / "search" / "alphas.json", genotype)
+        if label in DERIVED:
+            share.write_text(json.dumps(_derived_genotype(label, source, genotype)))
+        else:
+            run_genotype(folder / "search" / "alphas.json", genotype)
     if not (folder / "train" / "model.pt").is_file():
         run_train(data, train, genotype, folder / "train", device="cpu")
     if not (folder / "test.json").is_file():
@@ -85,16 +137,26 @@ def run_cell(label: str, seed: int, data: dict, search: dict, train: dict, out: 
                  folder / "test.json", device="cpu")
     test = json.loads((folder / "test.json").read_text())
     cell = Genotype.load(genotype)
+    seconds = float(json.loads(wall.read_text()))
+    if share.is_file():
+        seconds *= float(json.loads(share.read_text()))
+    if label == "darts1" and (folder / "search" / "history.json").is_file():
+        from nas_core.report import curves_figure
+        curves_figure(folder / "search" / "history.json",
+                      Path(out) / f"curves_darts1_seed{seed}.png",
+                      f"darts1 seed {seed}: {data['name']}")
     return {"label": label, "seed": seed, "top1": float(test["metrics"]["top1"]),
-            "search_seconds": float(json.loads(wall.read_text())),
-            "parameter_free": cell.parameter_free("normal"), "genotype": cell.to_dict()}
+            "search_seconds": seconds, "parameter_free": cell.parameter_free("normal"),
+            "skips": sum(op == "skip_connect" for op, _ in cell.normal),
+            "genotype": cell.to_dict()}
 
 
 def table(rows: list[dict], reference: list[float]) -> list[str]:
     """The Markdown table of :func:`main`."""
     out = ["| method | cells | test top-1 (%) mean +- std | per cell | search s per cell | "
-           "parameter-free ops, normal cell (of 8) | reference cells below the mean |",
-           "|---|---|---|---|---|---|---|"]
+           "parameter-free ops, normal cell (of 8) | skip connections, normal cell | "
+           "reference cells below the mean |",
+           "|---|---|---|---|---|---|---|---|"]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     for label in labels:
         runs = [r for r in rows if r["label"] == label]
@@ -106,19 +168,26 @@ def table(rows: list[dict], reference: list[float]) -> list[str]:
                    f"{', '.join(f'{v:.1f}' for v in top1)} | "
                    f"{statistics.mean(r['search_seconds'] for r in runs):.0f} | "
                    f"{', '.join(str(r['parameter_free']) for r in runs)} | "
+                   f"{', '.join(str(r['skips']) for r in runs)} | "
                    f"{below} of {len(reference)} |")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: "
-                   + ", ".join(METHODS))
+    p.add_argument("--methods", default=",".join(list(METHODS)[:5]),
+                   help="comma-separated, of: " + ", ".join([*METHODS, *DERIVED])
+                   + " (default: %(default)s)")
+    p.add_argument("--dataset", default="synthetic", help="the task (default: %(default)s)")
     p.add_argument("--seeds", default="1,2,3", help="search seeds of every method")
     p.add_argument("--reference", type=int, default=8, help="random reference cells")
     p.add_argument("--search", default="{}", help="JSON over the shared search block")
     p.add_argument("--train", default="{}", help="JSON over the shared train block")
-    p.add_argument("--data", default="{}", help="JSON options of the synthetic data block")
+    p.add_argument("--hessian-every", type=int, default=0,
+                   help="search.hessian_every of the --hessian-methods searches (0 = off)")
+    p.add_argument("--hessian-methods", default="darts1",
+                   help="comma-separated searches that measure the eigenvalue")
+    p.add_argument("--data", default="{}", help="JSON options of the data block")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "search_quality",
@@ -126,30 +195,41 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in DERIVED]
     if unknown:
-        p.error(f"--methods: unknown {unknown[0]!r}; known: {', '.join(METHODS)}")
-    data = {"name": "synthetic", **json.loads(args.data)}
+        p.error(f"--methods: unknown {unknown[0]!r}; known: {', '.join([*METHODS, *DERIVED])}")
+    if any(m in DERIVED for m in methods) and "darts1" not in methods:
+        p.error(f"--methods: {', '.join(m for m in methods if m in DERIVED)} read darts1's "
+                f"searches: add darts1")
+    data = {"name": args.dataset, **json.loads(args.data)}
     search = {**SEARCH, **json.loads(args.search)}
     train = {**TRAIN, **json.loads(args.train)}
     seeds = [int(s) for s in args.seeds.split(",")]
-    units = [(m, s, {**search, **METHODS[m]}) for m in methods for s in seeds]
+    order = [m for m in methods if m not in DERIVED] + [m for m in methods if m in DERIVED]
+    hessian = {"hessian_every": args.hessian_every, "hessian_batches": 1}
+    measured = set(args.hessian_methods.split(",")) if args.hessian_every else set()
+    units = [(m, s, {**search, **METHODS.get(m, METHODS["darts1"]),
+                     **(hessian if m in measured or (m in DERIVED and "darts1" in measured)
+                        else {})})
+             for m in order for s in seeds]
     units += [("reference", REFERENCE_SEED0 + k, {**search, **METHODS["random"]})
               for k in range(args.reference)]
     print(f"data {json.dumps(data)}\nsearch {json.dumps(search)}\ntrain {json.dumps(train)}\n"
           f"{len(units)} cells, {args.jobs} jobs x {args.threads} threads, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_cell, label, seed, data, cfg, train, str(args.out),
-                               args.threads) for label, seed, cfg in units]
-        rows = []
-        for f in futures:
-            rows.append(f.result())
-            r = rows[-1]
-            print(f"  {r['label']} seed {r['seed']}: test top-1 {r['top1']:.2f} %, search "
-                  f"{r['search_seconds']:.0f} s, {r['parameter_free']} parameter-free ops",
-                  flush=True)
+    rows = []
+    # two waves: the derived rows start once darts1's searches are done
+    for wave in ([u for u in units if u[0] not in DERIVED], [u for u in units if u[0] in DERIVED]):
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(run_cell, label, seed, data, cfg, train, str(args.out),
+                                   args.threads) for label, seed, cfg in wave]
+            for f in futures:
+                rows.append(f.result())
+                r = rows[-1]
+                print(f"  {r['label']} seed {r['seed']}: test top-1 {r['top1']:.2f} %, "
+                      f"search {r['search_seconds']:.0f} s, {r['parameter_free']} "
+                      f"parameter-free ops ({r['skips']} skips)", flush=True)
     reference = [r["top1"] for r in rows if r["label"] == "reference"]
     print(f"\n{time.perf_counter() - t0:.0f} s, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
