@@ -55,22 +55,28 @@ def _eval_net_step(n: int) -> dict:
     return {"grads": grads.tolist(), "weights": _flat(model.parameters()).tolist()}
 
 
-def _search_step(n: int) -> dict:
+def _search_step(n: int, guarded: bool = False) -> dict:
     """One first-order DARTS search step (alphas on the validation batch, weights on the
-    training batch) on this rank's parts of global batches of ``n``."""
+    training batch) on this rank's parts of global batches of ``n``; ``guarded``: second order
+    under every training-time guard at once (beta-DARTS, DARTS-, SDARTS-RS, mid-search)."""
     from nas_core.architect import Architect
     from nas_core.graphs import EagerSearchStep
+    from nas_core.guards import Guards
 
     world = current_world()
     torch.manual_seed(0)
-    model = SearchNetwork(1, 4, 10, 3, steps=2, multiplier=2).double()
+    model = SearchNetwork(1, 4, 10, 3, steps=2, multiplier=2, aux_skip=guarded).double()
     model.eval()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.05, momentum=0.9,
                             weight_decay=3e-4)
-    architect = Architect(model, TASK.loss, w_opt, order=1)
+    architect = Architect(model, TASK.loss, w_opt, order=2 if guarded else 1)
     share = world.share(n)
     architect.grad_reduce = lambda grads, _which: world.average(grads, share)
-    step = EagerSearchStep(model, architect, w_opt, grad_clip=5.0)
+    guards = Guards({"epochs": 6, "beta_decay": 25.0 * guarded, "aux_skip": guarded,
+                     "sdarts_epsilon": 0.3 * guarded}, model, architect, noise_seed=7)
+    guards.begin_epoch(3)
+    step = EagerSearchStep(model, architect, w_opt, grad_clip=5.0,
+                           perturbation=guards.perturbation)
     xt, yt = _batch(n)
     xv, yv = _batch(n, size=8)
     xv = xv.flip(0)
@@ -89,10 +95,12 @@ def test_world_shards_cover_each_batch_once():
         assert sum(World(rank=r, size=3).share(n) for r in range(3)) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("step", [_eval_net_step, _search_step], ids=["eval-net", "search"])
-def test_two_processes_equal_one_with_the_whole_batch(step):
-    one = step(16)
-    two = launch(step, 2, 16)
+@pytest.mark.parametrize("step, args", [(_eval_net_step, ()), (_search_step, ()),
+                                        (_search_step, (True,))],
+                         ids=["eval-net", "search", "guarded-search"])
+def test_two_processes_equal_one_with_the_whole_batch(step, args):
+    one = step(16, *args)
+    two = launch(step, 2, 16, *args)
     for key in one:
         assert _rel(two[key], one[key]) < 1e-5, key
 
