@@ -72,8 +72,8 @@ def _search_step(n: int, guarded: bool = False) -> dict:
     architect = Architect(model, TASK.loss, w_opt, order=2 if guarded else 1)
     share = world.share(n)
     architect.grad_reduce = lambda grads, _which: world.average(grads, share)
-    guards = Guards({"epochs": 6, "beta_decay": 25.0 * guarded, "aux_skip": guarded,
-                     "sdarts_epsilon": 0.3 * guarded}, model, architect, noise_seed=7)
+    keys = {"beta_decay": 25.0, "aux_skip": True, "sdarts_epsilon": 0.3} if guarded else {}
+    guards = Guards({"epochs": 6, **keys}, model, architect, noise_seed=7)
     guards.begin_epoch(3)
     step = EagerSearchStep(model, architect, w_opt, grad_clip=5.0,
                            perturbation=guards.perturbation)
