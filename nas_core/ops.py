@@ -83,6 +83,38 @@ class ReLUConvBN(nn.Module):
         return self.op(x)
 
 
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+           dilation: int | tuple[int, int] = 1, groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` (zero padding given as numbers).  On the CPU a convolution whose stride
+    equals its dilation (> 1) and whose padding is a multiple of it reads only every
+    ``stride``-th pixel: it is computed as the stride-1, undilated convolution of those pixels
+    (``x[:, :, ::s, ::s]``, padding ``p / s``; the same products and sums, the same output
+    size).  oneDNN's strided dilated depthwise kernels are 2-10x slower than that there (torch
+    2.14.1: the reduction cell's dil_conv edges, forward + backward, benchmarks/README.md)."""
+    s, p, d = (_pair(v) for v in (stride, padding, dilation))
+    if (x.device.type == "cpu" and x.dim() == 4 and s == d and s != (1, 1)
+            and p[0] % s[0] == 0 and p[1] % s[1] == 0):
+        return F.conv2d(x[:, :, ::s[0], ::s[1]], weight, bias, 1, (p[0] // s[0], p[1] // s[1]),
+                        1, groups)
+    return F.conv2d(x, weight, bias, s, p, d, groups)
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class DilatedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict keys) computed by :func:`conv2d`: the
+    depthwise convolution of :class:`DilConv`, strided in the reduction cells."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super()._conv_forward(input, weight, bias)
+        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class DilConv(nn.Module):
     """ReLU -> dilated depthwise conv -> pointwise conv -> BatchNorm (``op.{0..3}``)."""
 
@@ -91,8 +123,8 @@ class DilConv(nn.Module):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
-                      groups=c_in, bias=False),
+            DilatedConv2d(c_in, c_in, kernel, stride=stride, padding=padding,
+                          dilation=dilation, groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )

@@ -54,8 +54,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas_core.ops import (DilConv, FactorizedReduce, Identity, MaxPool2x2, ReLUConvBN, SepConv,
-                          strided_1x1_weight)
+from nas_core.ops import (DilatedConv2d, DilConv, FactorizedReduce, Identity, MaxPool2x2,
+                          ReLUConvBN, SepConv, conv2d, strided_1x1_weight)
 from nas_core.search_kernels import (GroupMix, StackedRunningStats, WeightedSum, _channels_last,
                                      batch_norm, batch_norm_last, max_pool, repeat_channels,
                                      shared_batch_norm, stack_params, stacked_batch_norm,
@@ -399,8 +399,8 @@ class CellPlan:
 def _plain_conv(m: nn.Module, depthwise: bool) -> bool:
     """A bias-free zero-padded ``nn.Conv2d``: depthwise (groups = in = out channels) or 1x1
     with one group."""
-    if type(m) is not nn.Conv2d or m.bias is not None or m.padding_mode != "zeros" \
-            or isinstance(m.padding, str):
+    if type(m) not in (nn.Conv2d, DilatedConv2d) or m.bias is not None \
+            or m.padding_mode != "zeros" or isinstance(m.padding, str):
         return False
     if depthwise:
         return m.groups == m.in_channels == m.out_channels
@@ -481,8 +481,8 @@ class _StackedConvOp:
         last = len(self.blocks) - 1
         for b, ((dws, pws, _), dw, bns, (mean, var)) in enumerate(
                 zip(self.blocks, self.dw, self.bns, stats)):
-            y = F.conv2d(y, stack_params(dws), None, dw.stride, dw.padding, dw.dilation,
-                         y.shape[1])
+            y = conv2d(y, stack_params(dws), None, dw.stride, dw.padding, dw.dilation,
+                       y.shape[1])
             y = F.conv2d(y, stack_params(pws), None, 1, 0, 1, len(dws))
             y = stacked_batch_norm(y, mean, var, momentum, bns[0].eps, self.lean and b == last)
             if b < last:

@@ -113,6 +113,52 @@ def test_factorized_reduce_channels_last_equals_strided_convolutions(size) -> No
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding,dilation,size", [
+    (3, 2, 2, 2, (8, 8)),    # dil_conv_3x3 in a reduction cell
+    (5, 2, 4, 2, (9, 7)),    # dil_conv_5x5, odd sizes
+    (3, 3, 3, 3, (10, 11)),  # stride = dilation = 3
+    (3, (2, 1), (2, 2), (2, 1), (8, 9)),  # per-dimension: rerouted only in height
+    (3, 2, 1, 2, (8, 8)),    # padding not a multiple of the dilation: F.conv2d as is
+    (3, 1, 2, 2, (8, 8)),    # stride 1: F.conv2d as is
+])
+def test_conv2d_strided_dilated_equals_f_conv2d(kernel, stride, padding, dilation, size,
+                                                channels_last) -> None:
+    """``ops.conv2d`` (the stride-1 undilated convolution of every stride-th pixel where the
+    stride equals the dilation) computes what ``F.conv2d`` computes: output size, values, the
+    input's and the weight's gradients; depthwise (DilConv's) and dense."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for groups in (6, 1):
+        x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(memory_format=fmt)
+        x.requires_grad_()
+        w = torch.randn(6, 6 // groups, kernel, kernel, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        y_ref = torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups)
+        y = ops.conv2d(x, w, b, stride, padding, dilation, groups)
+        assert y.shape == y_ref.shape
+        probe = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+        g_ref = torch.autograd.grad((y_ref * probe).sum(), [x, w, b])
+        g = torch.autograd.grad((y * probe).sum(), [x, w, b])
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        for a, r in zip(g, g_ref):
+            torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_dil_conv_runs_its_depthwise_convolution_through_conv2d() -> None:
+    """DilConv's depthwise convolution is a DilatedConv2d (an nn.Conv2d: same parameters and
+    state-dict keys as the original's ``op.1``), equal to the plain nn.Conv2d at stride 2."""
+    op = create_op("dil_conv_5x5", 4, 2).double()
+    assert isinstance(op.op[1], ops.DilatedConv2d) and isinstance(op.op[1], nn.Conv2d)
+    plain = nn.Conv2d(4, 4, 5, stride=2, padding=4, dilation=2, groups=4, bias=False).double()
+    plain.load_state_dict(op.op[1].state_dict())
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(op.op[1](x), plain(x), rtol=1e-12, atol=1e-12)
+    assert [k for k in op.state_dict()] == ["op.1.weight", "op.2.weight", "op.3.weight",
+                                            "op.3.bias", "op.3.running_mean",
+                                            "op.3.running_var", "op.3.num_batches_tracked"]
+
+
 def test_factorized_reduce_channels_last_backward_does_not_corrupt_the_heap() -> None:
     """torch 2.14.1's oneDNN weight gradient of a 1x1 stride-2 convolution in channels_last
     overran its buffer at 8 -> 4 channels, 32x80 (the supernet's first FactorizedReduce on
