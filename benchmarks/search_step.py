@@ -258,7 +258,8 @@ def measure(args, ref_mod, cfg: Config, ours_variants: list[Config]) -> list[dic
     for impl, variant in zip(impls, [cfg] + ours_variants):
         med = statistics.median(times[impl.name])
         row = {"config": cfg.label(), "impl": impl.name, "step_s": med,
-               "images_s": cfg.batch / med, "steps": len(times[impl.name])}
+               "images_s": cfg.batch / med, "steps": len(times[impl.name]),
+               "step_times_s": times[impl.name]}
         if device.type == "cuda":
             row["peak_mb"] = peaks[impl.name][0] / 2**20
             row["peak_increase_mb"] = peaks[impl.name][1] / 2**20

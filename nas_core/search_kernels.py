@@ -20,9 +20,10 @@ BatchNorm running statistics) with fewer kernels, fewer saved tensors or fewer g
 Batched edges (``SearchNetwork(..., batched_edges=True)``, :class:`nas_core.search_paths.
 BatchedCellPlan`): the edges that read one node computed as one stack of channels, same math:
 
-* :class:`StackParams` / :func:`stack_params`: the per-edge weights of one op type concatenated
+* :class:`StackParams`: the per-edge weights of one op type concatenated
   into the weight of one grouped convolution inside the forward (the parameters stay the
-  edges' own; the backward hands each its slice with one ``split``);
+  edges' own; the backward hands each its slice with one ``split``); :class:`StackedWeights`
+  keeps them stacked while the parameters are unchanged (the step's forwards at one ``w``);
 * :class:`RepeatChannels` / :func:`repeat_channels`: the activated node once per edge
   (edge-major), the input of the grouped depthwise convolutions; the backward is one sum;
 * :func:`stacked_batch_norm`: one batch normalisation (no affine, batch statistics: exact per
@@ -47,7 +48,7 @@ import torch.nn.functional as F
 
 __all__ = ["LEAN_DTYPES", "tracks_running_stats", "batch_norm_factor", "update_running_stats",
            "BatchNormFromOutput", "batch_norm", "batch_norm_last", "shared_batch_norm",
-           "WeightedSum", "MaxPoolFromInput", "max_pool", "StackParams", "stack_params",
+           "WeightedSum", "MaxPoolFromInput", "max_pool", "StackParams", "StackedWeights",
            "RepeatChannels", "repeat_channels", "GroupMix", "StackedRunningStats",
            "stacked_batch_norm"]
 
@@ -91,6 +92,29 @@ def update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor,
         torch._foreach_add_(means, [mean] * len(group), alpha=factor)
         torch._foreach_mul_(variances, 1.0 - factor)
         torch._foreach_add_(variances, [var] * len(group), alpha=factor)
+
+
+_WILL_EXECUTE = getattr(torch._C, "_will_engine_execute_node", None)
+
+
+def _wanted(ctx) -> tuple[bool, ...]:
+    """``ctx.needs_input_grad`` narrowed to the gradients that the running backward uses: an
+    input whose producer the engine will not run gets None without being computed
+    (``autograd.grad`` for other inputs: the weight step wants no alpha gradients, the
+    architecture step none for the first cell's op outputs).  Where the engine cannot tell (a
+    leaf among ``autograd.grad``'s inputs, a torch without the query): as requested.  The
+    forward sets ``ctx.tensor_inputs`` (which of its inputs are tensors)."""
+    out = []
+    nodes = iter(ctx.next_functions)  # one per tensor input, in order
+    for need, is_tensor in zip(ctx.needs_input_grad, ctx.tensor_inputs):
+        node = next(nodes)[0] if is_tensor else None
+        if need and node is not None and _WILL_EXECUTE is not None:
+            try:
+                need = _WILL_EXECUTE(node)
+            except RuntimeError:
+                need = True
+        out.append(bool(need))
+    return tuple(out)
 
 
 #: (channels, dtype, device) -> (zeros, ones): constants of the lean BatchNorm's backward
@@ -227,6 +251,7 @@ class WeightedSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, slots: tuple[int, ...],  # type: ignore[override]
                 *ys: torch.Tensor) -> torch.Tensor:
+        ctx.tensor_inputs = (True, False) + (True,) * len(ys)
         ws = w.reshape(-1).unbind(0)
         out = ys[0] * ws[slots[0]]
         for slot, y in zip(slots[1:], ys[1:]):
@@ -247,7 +272,8 @@ class WeightedSum(torch.autograd.Function):
         grad = grad.contiguous(memory_format=fmt)
         grad_ys: list[torch.Tensor | None] = [None] * len(ys)
         grad_w = None
-        if ctx.needs_input_grad[0]:
+        wanted = _wanted(ctx)
+        if wanted[0]:
             dots: list[torch.Tensor | None] = [None] * w.numel()
             flat = _flat(grad)
             for slot, y in zip(slots, ys):
@@ -261,7 +287,7 @@ class WeightedSum(torch.autograd.Function):
             grad_w = torch.stack(dots).to(w.dtype).view(w.shape)
         ws = w.reshape(-1).unbind(0)
         for i, (slot, y) in enumerate(zip(slots, ys)):
-            if ctx.needs_input_grad[2 + i]:
+            if wanted[2 + i]:
                 grad_ys[i] = grad * ws[slot].to(grad.dtype)
         return (grad_w, None, *grad_ys)
 
@@ -331,9 +357,35 @@ class StackParams(torch.autograd.Function):
         return grad.split(grad.shape[0] // ctx.count, 0)
 
 
-def stack_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The stacked weight of a group (:class:`StackParams`); one parameter: itself."""
-    return params[0] if len(params) == 1 else StackParams.apply(*params)
+class StackedWeights:
+    """The stacked weight of fixed parameters (:class:`StackParams`; one parameter: itself),
+    kept while none of them changed: the forwards
+    of one step at the same weights (first order: the architecture step's and the weight
+    step's) stack them once, and the weight step's backward hands each its gradient as before.
+    Stacked again when grad mode, a parameter's version counter (every in-place update: the
+    optimizer, ``load_state_dict``, the second-order step's backups) or its storage (``.to()``)
+    changed, and always while a CUDA graph is being captured.  (A write through ``.data``
+    bypasses the version counter: nothing in nas_core does that.)"""
+
+    __slots__ = ("params", "key", "value")
+
+    def __init__(self, params: Sequence[torch.Tensor]):
+        self.params = tuple(params)
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor:
+        params = self.params
+        if len(params) == 1:
+            return params[0]
+        if params[0].is_cuda and torch.cuda.is_current_stream_capturing():
+            self.key = self.value = None
+            return StackParams.apply(*params)
+        key = (torch.is_grad_enabled(), *[(p._version, p.data_ptr()) for p in params])
+        if key != self.key:
+            self.value = StackParams.apply(*params)
+            self.key = key
+        return self.value
 
 
 class RepeatChannels(torch.autograd.Function):
@@ -372,11 +424,16 @@ class GroupMix(torch.autograd.Function):
     ``out_e = sum_i w[e, slots[i]] * y_i[e]`` for each edge ``e``, where ``y_i`` is either the
     stacked output of one op type over the edges (N x E*C x H x W, edge-major) or, when
     ``shared[i]``, one output that every edge shares (pooling + BN, identity: N x C x H x W).
-    ``w``: the edges' rows of softmax(alpha) (E x ops).  One graph node: the forward is one
-    multiplication and one ``addcmul_`` per op type over all edges; the backward one
-    multiplication (and a sum over the edges for shared outputs) per op type for the outputs,
-    one product and sum per op type for the weights.  Returns the E outputs (views of one
-    tensor; not to be modified in place).  Once differentiable.
+    ``w``: the edges' rows of softmax(alpha) (E x ops).  One graph node; returns the E outputs
+    (views of one tensor; not to be modified in place).  Once differentiable.
+
+    Two layouts of the same sums.  In channels_last the stacked channels are innermost, so the
+    sums run on P x E*C matrices (P = N*H*W pixels): a stacked output times its per-channel
+    weight row (``w[:, slot]`` repeated C times), a shared output times the C x E*C matrix
+    ``kron(w[:, slot]^T, I_C)`` (one ``addmm``; its other terms are exact zeros), and in the
+    backward the transposed products (``mm``) and per-channel sums; broadcasting a weight per
+    edge over the C innermost channels instead ran about ten times slower on the CPU.  In the
+    contiguous format H*W is innermost and the weights broadcast over 5-D views.
 
     ``apply(w, slots, shared, *ys) -> (out_0, ..., out_{E-1})``.
     """
@@ -391,6 +448,13 @@ class GroupMix(torch.autograd.Function):
             c = ref.shape[1]
         else:
             c = ref.shape[1] // e
+        ctx.slots, ctx.shared, ctx.edges, ctx.channels = slots, shared, e, c
+        ctx.tensor_inputs = (True, False, False) + (True,) * len(ys)
+        ctx.dtype = w.dtype
+        ctx.matrices = _channels_last(ref) and all(y.dtype == ref.dtype for y in ys)
+        if ctx.matrices:
+            with torch.autocast(ref.device.type, enabled=False):
+                return GroupMix._forward_matrices(ctx, w.to(ref.dtype), ref, ys)
         cols = w.t().reshape(k, 1, e, 1, 1, 1).unbind(0)
         acc = _edge_major_empty(ref, e, c)
         yvs = []
@@ -401,16 +465,51 @@ class GroupMix(torch.autograd.Function):
                 torch.mul(yv, cols[slot], out=acc)
             else:
                 acc.addcmul_(yv, cols[slot])
-        ctx.slots, ctx.shared, ctx.edges, ctx.channels = slots, shared, e, c
-        ctx.dtype = w.dtype
         ctx.channels_last = _channels_last(ref)
         # the views the backward reads (5-D outputs, the weights' columns): saved as they are
         ctx.save_for_backward(*cols, *yvs)
         return acc.unbind(1)
 
     @staticmethod
+    def _forward_matrices(ctx, w: torch.Tensor, ref: torch.Tensor,
+                          ys: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        e, c = ctx.edges, ctx.channels
+        n, _, h, wd = ref.shape
+        p = n * h * wd
+        k = w.shape[1]
+        # ops x E*C x C: kron(w[:, k], I_C) (the transposed matrix of a shared output), and
+        # ops x E*C: each stacked channel's weight (the row sums of the former, exactly)
+        mats = w.new_empty((k, e, c, c))
+        torch.mul(_eye(c, w), w.t().view(k, e, 1, 1), out=mats)
+        mats = mats.view(k, e * c, c)
+        rows = mats.sum(2).view(k, 1, e * c, 1, 1).unbind(0)  # 1 x E*C x 1 x 1 each
+        mats = mats.unbind(0)
+        acc = ref.new_empty((p, e * c))
+        acc4 = acc.as_strided(ref.shape, ref.stride())  # N x E*C x H x W, channels_last
+        saved = []
+        for i, (slot, y, s) in enumerate(zip(ctx.slots, ys, ctx.shared)):
+            if s:  # P x C times C x E*C
+                y = _pixels(y)
+                if i == 0:
+                    torch.mm(y, mats[slot].t(), out=acc)
+                else:
+                    acc.addmm_(y, mats[slot].t())
+            elif i == 0:  # channels innermost: the weight row broadcasts over the pixels
+                torch.mul(y, rows[slot], out=acc4)
+            else:
+                acc4.addcmul_(y, rows[slot])
+            saved.append(y)
+        ctx.shape = (n, h, wd)
+        ctx.save_for_backward(*rows, *mats, *saved)
+        # the E outputs: N x C x H x W views of the P x E*C sums
+        return acc.as_strided((e, n, c, h, wd), (c, h * wd * e * c, 1, wd * e * c, e * c)).unbind(0)
+
+    @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
+        wanted = _wanted(ctx)
+        if ctx.matrices:
+            return GroupMix._backward_matrices(ctx, grads, wanted)
         slots, shared, e = ctx.slots, ctx.shared, ctx.edges
         saved = ctx.saved_tensors
         k = len(saved) - len(slots)
@@ -422,9 +521,9 @@ class GroupMix(torch.autograd.Function):
         grad_cols: list[torch.Tensor | None] = [None] * k
         grad_ys: list[torch.Tensor | None] = [None] * len(yvs)
         for i, (slot, yv, s) in enumerate(zip(slots, yvs, shared)):
-            if ctx.needs_input_grad[0]:
+            if wanted[0]:
                 grad_cols[slot] = (g * yv).sum((0, 2, 3, 4))
-            if ctx.needs_input_grad[3 + i]:
+            if wanted[3 + i]:
                 gy = g * cols[slot].to(g.dtype)
                 if not s:
                     grad_ys[i] = gy.flatten(1, 2)
@@ -432,16 +531,81 @@ class GroupMix(torch.autograd.Function):
                     grad_ys[i] = gy.permute(0, 3, 4, 1, 2).sum(3).permute(0, 3, 1, 2)
                 else:
                     grad_ys[i] = gy.sum(1)
+        return (GroupMix._grad_w(wanted[0], e, grad_cols, g, ctx.dtype), None, None, *grad_ys)
+
+    @staticmethod
+    def _backward_matrices(ctx, grads: Sequence[torch.Tensor], wanted: tuple[bool, ...]):
+        slots, shared, e, c = ctx.slots, ctx.shared, ctx.edges, ctx.channels
+        n, h, wd = ctx.shape
+        saved = ctx.saved_tensors
+        k = (len(saved) - len(slots)) // 2
+        rows, mats, ys = saved[:k], saved[k:2 * k], saved[2 * k:]
+        ec = e * c
+        g = grads[0].new_empty((n * h * wd, ec))
+        torch._foreach_copy_(
+            g.as_strided((e, n, c, h, wd), (c, h * wd * ec, 1, wd * ec, ec)).unbind(0),
+            list(grads))
+        g4 = g.as_strided((n, ec, h, wd), (h * wd * ec, 1, wd * ec, ec))
+        g_t = g.t()
+        grad_cols: list[torch.Tensor | None] = [None] * k
+        grad_ys: list[torch.Tensor | None] = [None] * len(ys)
+        for i, (slot, y, s) in enumerate(zip(slots, ys, shared)):
+            if wanted[0]:
+                # each channel's sum_p g * y: a stacked output's own channels; a shared one's
+                # channel c against every edge's channel c (diagonals of g^T y)
+                grad_cols[slot] = (torch.mm(g_t, y).view(e, c, c).diagonal(0, 1, 2) if s
+                                   else (g4 * y).sum((0, 2, 3)).view(e, c))
+            if wanted[3 + i]:
+                if s:
+                    grad_ys[i] = torch.mm(g, mats[slot]).as_strided(
+                        (n, c, h, wd), (h * wd * c, 1, wd * c, c))
+                else:
+                    grad_ys[i] = g4 * rows[slot]
         grad_w = None
-        if ctx.needs_input_grad[0]:
+        if wanted[0]:
             zero = None
             for j, col in enumerate(grad_cols):
                 if col is None:
                     if zero is None:
-                        zero = g.new_zeros(e)
+                        zero = g.new_zeros((e, c))
                     grad_cols[j] = zero
-            grad_w = torch.stack(grad_cols, 1).to(ctx.dtype)
+            grad_w = torch.stack(grad_cols, 1).sum(2).to(ctx.dtype)
         return (grad_w, None, None, *grad_ys)
+
+    @staticmethod
+    def _grad_w(wanted: bool, edges: int, grad_cols: list[torch.Tensor | None], g: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor | None:
+        """The E x ops gradient of ``w`` from its columns (absent ones: exact zeros)."""
+        if not wanted:
+            return None
+        zero = None
+        for j, col in enumerate(grad_cols):
+            if col is None:
+                if zero is None:
+                    zero = g.new_zeros(edges)
+                grad_cols[j] = zero
+        return torch.stack(grad_cols, 1).to(dtype)
+
+
+def _pixels(y: torch.Tensor) -> torch.Tensor:
+    """The P x C matrix (pixels x channels) of a channels_last N x C x H x W tensor: one view
+    (a copy when ``y`` is not dense in channels_last)."""
+    n, ch, h, w = y.shape
+    if not _channels_last(y):
+        return y.permute(0, 2, 3, 1).reshape(n * h * w, ch)
+    return y.as_strided((n * h * w, ch), (ch, 1))
+
+
+#: (size, dtype, device) -> the identity matrix of :class:`GroupMix`'s shared-output blocks
+_EYES: dict[tuple, torch.Tensor] = {}
+
+
+def _eye(size: int, like: torch.Tensor) -> torch.Tensor:
+    key = (size, like.dtype, like.device)
+    eye = _EYES.get(key)
+    if eye is None:
+        eye = _EYES[key] = torch.eye(size, dtype=like.dtype, device=like.device)
+    return eye
 
 
 class StackedRunningStats:

@@ -56,9 +56,9 @@ import torch.nn.functional as F
 
 from nas_core.ops import (DilatedConv2d, DilConv, FactorizedReduce, Identity, MaxPool2x2,
                           ReLUConvBN, SepConv, conv2d, strided_1x1_weight)
-from nas_core.search_kernels import (GroupMix, StackedRunningStats, WeightedSum, _channels_last,
-                                     batch_norm, batch_norm_last, max_pool, repeat_channels,
-                                     shared_batch_norm, stack_params, stacked_batch_norm,
+from nas_core.search_kernels import (GroupMix, StackedRunningStats, StackedWeights, WeightedSum,
+                                     _channels_last, batch_norm, batch_norm_last, max_pool,
+                                     repeat_channels, shared_batch_norm, stacked_batch_norm,
                                      tracks_running_stats)
 
 __all__ = ["EdgeInputCache", "EdgePlan", "CellPlan", "BatchedCellPlan", "channel_shuffle"]
@@ -424,7 +424,8 @@ class _StackedConvOp:
     def __init__(self, ops: Sequence[nn.Module], lean: bool):
         seqs = [op.op for op in ops]
         n = len(seqs[0])
-        self.blocks: list[tuple[list[torch.Tensor], list[torch.Tensor], int]] = []
+        # each block's depthwise and pointwise weights over the edges, stacked at use
+        self.blocks: list[tuple[StackedWeights, StackedWeights, int]] = []
         self.dw: list[nn.Conv2d] = []  # edge 0's depthwise convolution of each block
         self.bns: list[list[nn.BatchNorm2d]] = []
         self.mid: list[nn.Module] = []  # edge 0's activation between blocks
@@ -432,7 +433,8 @@ class _StackedConvOp:
             dws = [s[start] for s in seqs]
             pws = [s[start + 1] for s in seqs]
             self.dw.append(dws[0])
-            self.blocks.append(([m.weight for m in dws], [m.weight for m in pws], start))
+            self.blocks.append((StackedWeights([m.weight for m in dws]),
+                                StackedWeights([m.weight for m in pws]), start))
             self.bns.append([s[start + 2] for s in seqs])
             if start + 3 < n:
                 self.mid.append(seqs[0][start + 3])
@@ -481,9 +483,8 @@ class _StackedConvOp:
         last = len(self.blocks) - 1
         for b, ((dws, pws, _), dw, bns, (mean, var)) in enumerate(
                 zip(self.blocks, self.dw, self.bns, stats)):
-            y = conv2d(y, stack_params(dws), None, dw.stride, dw.padding, dw.dilation,
-                       y.shape[1])
-            y = F.conv2d(y, stack_params(pws), None, 1, 0, 1, len(dws))
+            y = conv2d(y, dws(), None, dw.stride, dw.padding, dw.dilation, y.shape[1])
+            y = F.conv2d(y, pws(), None, 1, 0, 1, len(dws.params))
             y = stacked_batch_norm(y, mean, var, momentum, bns[0].eps, self.lean and b == last)
             if b < last:
                 mid = self.mid[b]
@@ -497,8 +498,8 @@ class _StackedReduceOp:
     halves interleaved edge by edge, one batch normalisation."""
 
     def __init__(self, ops: Sequence[FactorizedReduce], lean: bool):
-        self.w1 = [op.conv_1.weight for op in ops]
-        self.w2 = [op.conv_2.weight for op in ops]
+        self.w1 = StackedWeights([op.conv_1.weight for op in ops])
+        self.w2 = StackedWeights([op.conv_2.weight for op in ops])
         self.bns = [[op.bn for op in ops]]
         self.act = ops[0].relu
         self.lean = lean
@@ -521,10 +522,10 @@ class _StackedReduceOp:
 
     def __call__(self, r: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]],
                  momentum: float) -> torch.Tensor:
-        e = len(self.w1)
-        half = self.w1[0].shape[0]
-        a = strided_1x1_weight(stack_params(self.w1), r, 0)
-        b = strided_1x1_weight(stack_params(self.w2), r, 1)
+        e = len(self.w1.params)
+        half = self.w1.params[0].shape[0]
+        a = strided_1x1_weight(self.w1(), r, 0)
+        b = strided_1x1_weight(self.w2(), r, 1)
         if e == 1:
             y = torch.cat([a, b], 1)
         else:

@@ -523,25 +523,103 @@ def test_batched_edges_keep_the_state_dict_and_fall_back() -> None:
     assert other(x.float()).shape == (4, 5)
 
 
-def test_group_mix_gradients() -> None:
-    """``GroupMix`` (stacked and shared outputs, a ``none`` column) against autograd's plain
-    sum of products, float64, both memory formats."""
+@pytest.mark.parametrize("shared", [(False, True), (True, False, True, False), (True, True)])
+def test_group_mix_gradients(shared) -> None:
+    """``GroupMix`` (stacked and shared outputs in any order, only shared ones, a ``none``
+    column) against autograd's plain sum of products, float64, both memory formats (the
+    5-D broadcasts of the contiguous format, the P x E*C matrices of channels_last)."""
     from nas_core.search_kernels import GroupMix
     g = torch.Generator().manual_seed(3)
+    slots = (1, 3, 4, 2)[:len(shared)]
     for cl in (False, True):
         e, c = 3, 4
         w = torch.rand(e, 5, generator=g, dtype=torch.float64, requires_grad=True)
-        stacked = torch.randn(2, e * c, 5, 5, generator=g, dtype=torch.float64)
-        shared = torch.randn(2, c, 5, 5, generator=g, dtype=torch.float64)
-        stacked, shared = fmt(stacked, cl).requires_grad_(), fmt(shared, cl).requires_grad_()
-        outs = GroupMix.apply(w, (1, 3), (False, True), stacked, shared)
-        plain = [w[i, 1] * stacked[:, i * c:(i + 1) * c] + w[i, 3] * shared for i in range(e)]
-        for o, p in zip(outs, plain):
-            torch.testing.assert_close(o, p, rtol=1e-13, atol=1e-13)
+        ys = [fmt(torch.randn(2, c if s else e * c, 5, 6, generator=g, dtype=torch.float64),
+                  cl).requires_grad_() for s in shared]
+        outs = GroupMix.apply(w, slots, tuple(shared), *ys)
+        plain = [sum(w[i, k] * (y if s else y[:, i * c:(i + 1) * c])
+                     for k, y, s in zip(slots, ys, shared)) for i in range(e)]
+        for o, ref in zip(outs, plain):
+            assert o.shape == ref.shape
+            torch.testing.assert_close(o, ref, rtol=1e-13, atol=1e-13)
         seeds = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in outs]
-        got = torch.autograd.grad(sum((o * s).sum() for o, s in zip(outs, seeds)),
-                                  [w, stacked, shared])
-        want = torch.autograd.grad(sum((p * s).sum() for p, s in zip(plain, seeds)),
-                                   [w, stacked, shared])
+        got = torch.autograd.grad(sum((o * t).sum() for o, t in zip(outs, seeds)), [w, *ys])
+        want = torch.autograd.grad(sum((r * t).sum() for r, t in zip(plain, seeds)), [w, *ys])
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_kernels_skip_the_gradients_the_running_backward_does_not_use() -> None:
+    """WeightedSum and GroupMix compute no alpha gradient (WeightedSum: no ``dot``) in a backward
+    that differentiates for their op outputs only (the weight step), and no op-output gradient
+    in one that wants only the alphas' and the outputs lead nowhere else; the gradients that
+    are computed are the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from nas_core.search_kernels import GroupMix
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    leaf = torch.randn(2, 12, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    shared_leaf = torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for cl in (False, True):
+        stacked, shared = fmt(leaf * 1, cl), fmt(shared_leaf * 1, cl)  # non-leaf op outputs
+        w = alpha.softmax(-1)
+        outs = GroupMix.apply(w, (1, 2), (False, True), stacked, shared)
+        loss = sum((o * (i + 1)).sum() for i, o in enumerate(outs))
+        with Ops() as everything:
+            full = torch.autograd.grad(loss, [alpha, leaf, shared_leaf], retain_graph=True)
+        with Ops() as mode:
+            part = torch.autograd.grad(loss, [leaf, shared_leaf], retain_graph=True)
+        # at least a product and a reduction fewer per op output (the alpha gradient's)
+        assert len(mode.names) <= len(everything.names) - 4
+        for a, b in zip(part, full[1:]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with Ops() as mode:
+            part = torch.autograd.grad(loss, [alpha])
+        assert len(mode.names) <= len(everything.names) - 4  # no op-output gradients
+        torch.testing.assert_close(part[0], full[0], rtol=1e-14, atol=1e-14)
+    ys = [leaf[:, :4] * 1, leaf[:, 4:8] * 1]
+    w = alpha.softmax(-1)
+    out = WeightedSum.apply(w, (1, 6), *ys)
+    with Ops() as mode:
+        torch.autograd.grad(out.sum(), [leaf], retain_graph=True)
+    assert "dot" not in mode.names, mode.names
+    got = torch.autograd.grad(out.sum(), [alpha])[0]
+    w = alpha.softmax(-1).view(-1)
+    want = torch.autograd.grad((w[1] * ys[0] + w[6] * ys[1]).sum(), [alpha])[0]
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+
+
+def test_stacked_weights_stack_again_whenever_a_parameter_changes() -> None:
+    """StackedWeights reuses its stack only while grad mode and every parameter's version and
+    storage are unchanged, and the reused stack still hands each parameter its gradient."""
+    from nas_core.search_kernels import StackedWeights
+    params = [torch.nn.Parameter(torch.randn(2, 1, 3, 3)) for _ in range(3)]
+    stack = StackedWeights(params)
+    first = stack()
+    assert stack() is first
+    torch.testing.assert_close(first, torch.cat(params))
+    grads = torch.autograd.grad((stack() * torch.arange(54.).view(6, 1, 3, 3)).sum(), params)
+    for i, gr in enumerate(grads):
+        torch.testing.assert_close(gr, torch.arange(54.).view(6, 1, 3, 3)[2 * i:2 * i + 2])
+    with torch.no_grad():
+        params[1].add_(1.0)  # an optimizer step
+    second = stack()
+    assert second is not first
+    torch.testing.assert_close(second, torch.cat(params))
+    with torch.no_grad():
+        no_grad = stack()
+    assert no_grad is not second and no_grad.grad_fn is None
+    assert stack().grad_fn is not None  # grad mode back: a differentiable stack again
+    params[2].data = params[2].data.clone()  # new storage (as .to() gives)
+    assert stack() is not first and stack().data_ptr() != second.data_ptr()
+    assert StackedWeights(params[:1])() is params[0]
