@@ -31,8 +31,9 @@ in place (an activation's ``inplace``, a BatchNorm's ``eps`` or ``affine``) call
 Batched switch: ``SearchNetwork(..., batched_edges=True)`` runs each cell along a
 :class:`~nas_core.search_paths.BatchedCellPlan`: the edges that read one node as one stacked
 computation (grouped convolutions, one BatchNorm per block, one fused weighted sum), about a
-third of the ATen operators per step; same parameters (state dict unchanged) and the same math
-(tests/test_search_speed_math.py).  Off by default: on the CPU the plain path is faster.
+third of the reference's ATen operators per step, and faster than the plain path on the CPU
+(benchmarks/README.md); same parameters (state dict unchanged) and the same math
+(tests/test_search_speed_math.py).  Off by default (the search stage runs the plain path).
 
 Collapse guards (:mod:`nas_core.guards`): ``SearchNetwork(..., aux_skip=True)`` adds DARTS-'s
 auxiliary skip connection to every edge, with the weight :attr:`SearchNetwork.aux_skip_weight`

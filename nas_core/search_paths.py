@@ -31,10 +31,11 @@ per edge into grouped depthwise convolutions (``groups`` = stacked channels), th
 convolutions grouped by edge, one BatchNorm per block, FactorizedReduce's two offset
 convolutions as one each, pooling + BN and identity shared, and one
 :class:`~nas_core.search_kernels.GroupMix` for all the edges' weighted sums; each node adds its
-incoming edges' sums.  Parameters stay per edge (stacked inside the forward), so the state dict
-is unchanged.  About a third of the ATen operators of the plain path per step (a GPU's kernel
-launches); on the 2-core CPU of ``benchmarks/README.md`` it is slower (oneDNN's grouped
-convolutions), hence not the default.  It runs in training mode when the BatchNorms of the
+incoming edges' sums.  Parameters stay per edge (stacked inside the forward, once per step's
+weights: :class:`~nas_core.search_kernels.StackedWeights`), so the state dict is unchanged.
+About 0.55x the ATen operators of the plain path per step (0.31x the reference's: a GPU's
+kernel launches) and faster on the 2-core CPU of ``benchmarks/README.md``; off by default
+(the stages run the plain path) until measured on a GPU.  It runs in training mode when the BatchNorms of the
 batched ops share one ``momentum`` (not None); otherwise, and for ops it does not know
 (planned as not batchable: ``plan.batched`` is False), the plain :class:`CellPlan` runs.
 
