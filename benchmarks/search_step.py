@@ -207,10 +207,17 @@ def proc_status_mb(field: str) -> float:
 
 def child(args, cfg: Config) -> None:
     """One implementation, fresh process: peak RSS (VmHWM) after ``--child-steps`` steps and
-    the RSS after imports and data (before the model is built)."""
+    the RSS after imports and data (before the model is built); with ``--child-time`` instead
+    the times of ``--warmup`` + ``--steps`` steps."""
     device = torch.device(args.device)
     data = make_data(cfg, device)
     ref_mod = load_reference(Path(args.reference))
+    if args.child_time:
+        ref = Reference(ref_mod, cfg, device)
+        impl = ref if args.child == "reference" else Ours(cfg, device, ref.model.state_dict())
+        times = [timed(impl, data, device)[0] for _ in range(args.warmup + args.steps)]
+        print(json.dumps({"step_times_s": times[args.warmup:]}))
+        return
     base = proc_status_mb("VmRSS")
     if args.child == "reference":
         impl = Reference(ref_mod, cfg, device)
@@ -230,11 +237,12 @@ def child(args, cfg: Config) -> None:
     print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": base, "tensor_peak_mb": tensor}))
 
 
-def child_memory(args, cfg: Config, which: str) -> dict:
+def child_memory(args, cfg: Config, which: str, time_steps: bool = False) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which,
            "--child-config", json.dumps(asdict(cfg)), "--threads", str(args.threads),
            "--reference", str(args.reference), "--device", args.device,
-           "--child-steps", str(args.child_steps)]
+           "--child-steps", str(args.child_steps), "--steps", str(args.steps),
+           "--warmup", str(args.warmup)] + (["--child-time"] if time_steps else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -270,6 +278,10 @@ def measure(args, ref_mod, cfg: Config, ours_variants: list[Config]) -> list[dic
             row["tensor_peak_mb"] = m["tensor_peak_mb"]
         if args.ops:
             row["ops"] = count_ops(impl, data)
+        if args.alone and device.type == "cpu":
+            t = child_memory(args, variant, "reference" if impl is ref else "ours", True)
+            row["alone_step_times_s"] = t["step_times_s"]
+            row["alone_step_s"] = statistics.median(t["step_times_s"])
         rows.append(row)
     base = rows[0]
     for row in rows:
@@ -281,6 +293,8 @@ def measure(args, ref_mod, cfg: Config, ours_variants: list[Config]) -> list[dic
             row["mem_increase_ratio"] = row["peak_increase_mb"] / max(base["peak_increase_mb"], 1e-9)
         if "tensor_peak_mb" in row:
             row["tensor_ratio"] = row["tensor_peak_mb"] / base["tensor_peak_mb"]
+        if "alone_step_s" in row:
+            row["alone_speedup"] = base["alone_step_s"] / row["alone_step_s"]
     return rows
 
 
@@ -387,6 +401,8 @@ def print_table(rows: list[dict]) -> None:
         head += f" {'peak MiB':>9} {'x ref':>6} {'+MiB':>8} {'x ref':>6}"
     if any("tensor_peak_mb" in r for r in rows):
         head += f" {'tensor MiB':>10} {'x ref':>6}"
+    if any("alone_step_s" in r for r in rows):
+        head += f" {'alone s':>8} {'x ref':>6}"
     print(head)
     for r in rows:
         line = (f"{r['config']:<44} {r['impl']:<26} {r['step_s']:8.3f} {r['images_s']:8.1f} "
@@ -399,6 +415,8 @@ def print_table(rows: list[dict]) -> None:
                      f"{r['mem_increase_ratio']:6.2f}")
         if "tensor_peak_mb" in r:
             line += f" {r['tensor_peak_mb']:10.0f} {r['tensor_ratio']:6.2f}"
+        if "alone_step_s" in r:
+            line += f" {r['alone_step_s']:8.3f} {r['alone_speedup']:6.2f}"
         print(line, flush=True)
 
 
@@ -427,7 +445,12 @@ def main() -> None:
                    help="CPU: skip the child processes that measure peak RSS")
     p.add_argument("--no-ops", dest="ops", action="store_false",
                    help="skip counting the ATen operators of one extra step per implementation")
+    p.add_argument("--alone", action="store_true",
+                   help="CPU: also time each implementation alone in a fresh process (median "
+                        "of --steps after --warmup): the interleaved times of one "
+                        "implementation depend on what its neighbours left in the allocator")
     p.add_argument("--child-steps", type=int, default=2)
+    p.add_argument("--child-time", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--largest-batch", default="",
                    help="gpu: comma-separated candidate batches; also time ours (order 1) at the "
                         "largest that fits, and the reference at that batch if it fits")
