@@ -20,10 +20,10 @@ BatchNorm running statistics) with fewer kernels, fewer saved tensors or fewer g
 Batched edges (``SearchNetwork(..., batched_edges=True)``, :class:`nas_core.search_paths.
 BatchedCellPlan`): the edges that read one node computed as one stack of channels, same math:
 
-* :class:`StackParams`: the per-edge weights of one op type concatenated
-  into the weight of one grouped convolution inside the forward (the parameters stay the
-  edges' own; the backward hands each its slice with one ``split``); :class:`StackedWeights`
-  keeps them stacked while the parameters are unchanged (the step's forwards at one ``w``);
+* :class:`StackParams`: the per-edge weights of one op type concatenated into the weight of
+  one grouped convolution inside the forward (the parameters stay the edges' own; the backward
+  hands each its slice with one ``split``); :class:`StackedWeights` keeps them stacked while
+  the parameters are unchanged (the step's forwards at one ``w``);
 * :class:`RepeatChannels` / :func:`repeat_channels`: the activated node once per edge
   (edge-major), the input of the grouped depthwise convolutions; the backward is one sum;
 * :func:`stacked_batch_norm`: one batch normalisation (no affine, batch statistics: exact per
@@ -359,9 +359,9 @@ class StackParams(torch.autograd.Function):
 
 class StackedWeights:
     """The stacked weight of fixed parameters (:class:`StackParams`; one parameter: itself),
-    kept while none of them changed: the forwards
-    of one step at the same weights (first order: the architecture step's and the weight
-    step's) stack them once, and the weight step's backward hands each its gradient as before.
+    kept while none of them changed: the forwards of one step at the same weights (first
+    order: the architecture step's and the weight step's) stack them once, and the weight
+    step's backward hands each its gradient as before.
     Stacked again when grad mode, a parameter's version counter (every in-place update: the
     optimizer, ``load_state_dict``, the second-order step's backups) or its storage (``.to()``)
     changed, and always while a CUDA graph is being captured.  (A write through ``.data``
@@ -502,7 +502,8 @@ class GroupMix(torch.autograd.Function):
         ctx.shape = (n, h, wd)
         ctx.save_for_backward(*rows, *mats, *saved)
         # the E outputs: N x C x H x W views of the P x E*C sums
-        return acc.as_strided((e, n, c, h, wd), (c, h * wd * e * c, 1, wd * e * c, e * c)).unbind(0)
+        ec = e * c
+        return acc.as_strided((e, n, c, h, wd), (c, h * wd * ec, 1, wd * ec, ec)).unbind(0)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -531,7 +532,8 @@ class GroupMix(torch.autograd.Function):
                     grad_ys[i] = gy.permute(0, 3, 4, 1, 2).sum(3).permute(0, 3, 1, 2)
                 else:
                     grad_ys[i] = gy.sum(1)
-        return (GroupMix._grad_w(wanted[0], e, grad_cols, g, ctx.dtype), None, None, *grad_ys)
+        grad_w = GroupMix._columns(grad_cols, (e,), g).to(ctx.dtype) if wanted[0] else None
+        return (grad_w, None, None, *grad_ys)
 
     @staticmethod
     def _backward_matrices(ctx, grads: Sequence[torch.Tensor], wanted: tuple[bool, ...]):
@@ -561,30 +563,22 @@ class GroupMix(torch.autograd.Function):
                         (n, c, h, wd), (h * wd * c, 1, wd * c, c))
                 else:
                     grad_ys[i] = g4 * rows[slot]
-        grad_w = None
-        if wanted[0]:
-            zero = None
-            for j, col in enumerate(grad_cols):
-                if col is None:
-                    if zero is None:
-                        zero = g.new_zeros((e, c))
-                    grad_cols[j] = zero
-            grad_w = torch.stack(grad_cols, 1).sum(2).to(ctx.dtype)
+        grad_w = (GroupMix._columns(grad_cols, (e, c), g).sum(2).to(ctx.dtype) if wanted[0]
+                  else None)
         return (grad_w, None, None, *grad_ys)
 
     @staticmethod
-    def _grad_w(wanted: bool, edges: int, grad_cols: list[torch.Tensor | None], g: torch.Tensor,
-                dtype: torch.dtype) -> torch.Tensor | None:
-        """The E x ops gradient of ``w`` from its columns (absent ones: exact zeros)."""
-        if not wanted:
-            return None
+    def _columns(cols: list[torch.Tensor | None], shape: tuple[int, ...],
+                 like: torch.Tensor) -> torch.Tensor:
+        """The columns of ``w``'s gradient (one per op, each of ``shape``) stacked at dim 1;
+        absent ones (``none``, ops not in the sums) exact zeros."""
         zero = None
-        for j, col in enumerate(grad_cols):
+        for j, col in enumerate(cols):
             if col is None:
                 if zero is None:
-                    zero = g.new_zeros(edges)
-                grad_cols[j] = zero
-        return torch.stack(grad_cols, 1).to(dtype)
+                    zero = like.new_zeros(shape)
+                cols[j] = zero
+        return torch.stack(cols, 1)
 
 
 def _pixels(y: torch.Tensor) -> torch.Tensor:

@@ -35,9 +35,10 @@ incoming edges' sums.  Parameters stay per edge (stacked inside the forward, onc
 weights: :class:`~nas_core.search_kernels.StackedWeights`), so the state dict is unchanged.
 About 0.55x the ATen operators of the plain path per step (0.31x the reference's: a GPU's
 kernel launches) and faster on the 2-core CPU of ``benchmarks/README.md``; off by default
-(the stages run the plain path) until measured on a GPU.  It runs in training mode when the BatchNorms of the
-batched ops share one ``momentum`` (not None); otherwise, and for ops it does not know
-(planned as not batchable: ``plan.batched`` is False), the plain :class:`CellPlan` runs.
+(the stages run the plain path) until measured on a GPU.  It runs in training mode when the
+BatchNorms of the batched ops share one ``momentum`` (not None); otherwise, and for ops it
+does not know (planned as not batchable: ``plan.batched`` is False), the plain
+:class:`CellPlan` runs.
 
 Plans are made when the modules are built and on ``replan()``; they hold the ops' submodules
 and the settings read when planning (module types, an activation's ``inplace`` and other
