@@ -237,7 +237,9 @@ def child(args, cfg: Config) -> None:
     print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": base, "tensor_peak_mb": tensor}))
 
 
-def child_memory(args, cfg: Config, which: str, time_steps: bool = False) -> dict:
+def run_child(args, cfg: Config, which: str, time_steps: bool = False) -> dict:
+    """:func:`child` in a fresh process: its memory figures, or with ``time_steps`` its step
+    times."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which,
            "--child-config", json.dumps(asdict(cfg)), "--threads", str(args.threads),
            "--reference", str(args.reference), "--device", args.device,
@@ -272,14 +274,14 @@ def measure(args, ref_mod, cfg: Config, ours_variants: list[Config]) -> list[dic
             row["peak_mb"] = peaks[impl.name][0] / 2**20
             row["peak_increase_mb"] = peaks[impl.name][1] / 2**20
         elif args.memory:
-            m = child_memory(args, variant, "reference" if impl is ref else "ours")
+            m = run_child(args, variant, "reference" if impl is ref else "ours")
             row["peak_mb"] = m["peak_rss_mb"]
             row["peak_increase_mb"] = m["peak_rss_mb"] - m["baseline_rss_mb"]
             row["tensor_peak_mb"] = m["tensor_peak_mb"]
         if args.ops:
             row["ops"] = count_ops(impl, data)
         if args.alone and device.type == "cpu":
-            t = child_memory(args, variant, "reference" if impl is ref else "ours", True)
+            t = run_child(args, variant, "reference" if impl is ref else "ours", True)
             row["alone_step_times_s"] = t["step_times_s"]
             row["alone_step_s"] = statistics.median(t["step_times_s"])
         rows.append(row)

@@ -85,19 +85,23 @@ class ReLUConvBN(nn.Module):
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-           dilation: int | tuple[int, int] = 1, groups: int = 1) -> torch.Tensor:
-    """``F.conv2d`` (zero padding given as numbers).  On the CPU a convolution whose stride
-    equals its dilation (> 1) and whose padding is a multiple of it reads only every
-    ``stride``-th pixel: it is computed as the stride-1, undilated convolution of those pixels
-    (``x[:, :, ::s, ::s]``, padding ``p / s``; the same products and sums, the same output
-    size).  oneDNN's strided dilated depthwise kernels are 2-10x slower than that there (torch
-    2.14.1: the reduction cell's dil_conv edges, forward + backward, benchmarks/README.md)."""
+           dilation: int | tuple[int, int] = 1, groups: int = 1, offset: int = 0) -> torch.Tensor:
+    """``F.conv2d`` of ``x[:, :, offset:, offset:]`` (zero padding given as numbers).  On the
+    CPU a strided convolution that reads only every ``stride``-th pixel (per dimension: a 1x1
+    kernel or the dilation equal to the stride, and the padding a multiple of it) is computed
+    as the stride-1, undilated convolution of those pixels (``x[:, :, offset::s, offset::s]``,
+    padding ``p / s``; the same products and sums, the same output size).  Two oneDNN kernels
+    of torch 2.14.1 are routed around so: the strided dilated depthwise convolution (the
+    reduction cells' dil_conv), 2-10x slower than that, and the weight gradient of the strided
+    1x1 convolution in channels_last (FactorizedReduce), which corrupts the heap (e.g. 8 -> 4
+    channels at 32x80, batch 8; ``tests/test_ops.py`` has both cases)."""
     s, p, d = (_pair(v) for v in (stride, padding, dilation))
-    if (x.device.type == "cpu" and x.dim() == 4 and s == d and s != (1, 1)
-            and p[0] % s[0] == 0 and p[1] % s[1] == 0):
-        return F.conv2d(x[:, :, ::s[0], ::s[1]], weight, bias, 1, (p[0] // s[0], p[1] // s[1]),
-                        1, groups)
-    return F.conv2d(x, weight, bias, s, p, d, groups)
+    if (x.device.type == "cpu" and x.dim() == 4 and s != (1, 1)
+            and all(p_ % s_ == 0 and (k == 1 or d_ == s_)
+                    for s_, p_, d_, k in zip(s, p, d, weight.shape[2:]))):
+        return F.conv2d(x[:, :, offset::s[0], offset::s[1]], weight, bias, 1,
+                        (p[0] // s[0], p[1] // s[1]), 1, groups)
+    return F.conv2d(x[:, :, offset:, offset:] if offset else x, weight, bias, s, p, d, groups)
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -194,27 +198,16 @@ class FactorizedReduce(nn.Module):
 
 
 def strided_1x1(conv: nn.Conv2d, x: torch.Tensor, offset: int) -> torch.Tensor:
-    """``conv(x[:, :, offset:, offset:])`` for FactorizedReduce's 1x1 stride-2 convolutions.
-
-    On the CPU in channels_last it is computed as the stride-1 convolution of every second
-    pixel (``x[:, :, offset::2, offset::2]``, the same products and sums): oneDNN's weight
-    gradient of the strided form corrupts the heap there (torch 2.14.1; e.g. 8 -> 4 channels at
-    32x80, batch 8; ``tests/test_ops.py`` has the case)."""
-    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() \
-            and x.is_contiguous(memory_format=torch.channels_last):
-        xs = x[:, :, offset::2, offset::2].contiguous(memory_format=torch.channels_last)
-        return F.conv2d(xs, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
-    return conv(x[:, :, offset:, offset:] if offset else x)
+    """``conv(x[:, :, offset:, offset:])`` for FactorizedReduce's 1x1 stride-2 convolutions,
+    through :func:`conv2d` (on the CPU: the stride-1 convolution of every second pixel)."""
+    return conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                  conv.groups, offset)
 
 
 def strided_1x1_weight(weight: torch.Tensor, x: torch.Tensor, offset: int) -> torch.Tensor:
-    """:func:`strided_1x1` with a bare weight (no bias, no dilation, one group): the stacked
-    convolution of several FactorizedReduce modules (``nas_core.search_paths``)."""
-    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() \
-            and x.is_contiguous(memory_format=torch.channels_last):
-        xs = x[:, :, offset::2, offset::2].contiguous(memory_format=torch.channels_last)
-        return F.conv2d(xs, weight)
-    return F.conv2d(x[:, :, offset:, offset:] if offset else x, weight, None, 2)
+    """:func:`strided_1x1` with a bare weight (no bias, one group): the stacked convolution of
+    several FactorizedReduce modules (``nas_core.search_paths``)."""
+    return conv2d(x, weight, None, 2, offset=offset)
 
 
 class MaxPool2x2(nn.Module):
